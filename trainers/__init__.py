@@ -1,0 +1,1 @@
+"""stune trial trainer: one fine-tune of a sentence-transformers model (no Ray here)."""

@@ -1,0 +1,158 @@
+"""The config of one fine-tune, validated before torch or sentence-transformers are imported.
+
+Keys are named as in Hugging Face ``TrainingArguments``; ``loss`` names a registered loss and
+its own parameters, ``data`` the splits. The sweep config (``tune.config``) extends this one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.errors import ConfigError
+from trainers.losses import get_loss
+
+DEFAULT_DATA_DIR = Path(__file__).parent / "default_data"
+DEFAULT_LOSS = "CoSENTLoss"
+COLUMN_ROLES = ("sentence1", "sentence2", "score", "anchor", "positive", "negative")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LossConfig(BaseModel):
+    """``{name: TripletLoss, margin: 0.3, distance: euclidean}``: the name plus that loss's params."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = DEFAULT_LOSS
+
+    @model_validator(mode="after")
+    def _known_loss_and_params(self) -> "LossConfig":
+        spec = get_loss(self.name)
+        spec.check_params(self.params)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def resolved_params(self) -> dict[str, Any]:
+        """User params with the registry's defaults filled in."""
+        return get_loss(self.name).check_params(self.params)
+
+
+class DataConfig(_Strict):
+    train: str = str(DEFAULT_DATA_DIR / "train.csv")
+    eval: str = str(DEFAULT_DATA_DIR / "eval.csv")
+    test: str | None = str(DEFAULT_DATA_DIR / "test.csv")
+    columns: dict[str, str] = Field(default_factory=dict)
+    positive_threshold: float = Field(0.75, gt=0, le=1)
+    max_rows: int | None = Field(None, ge=2)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_roles(cls, columns: dict[str, str]) -> dict[str, str]:
+        for role in columns:
+            if role not in COLUMN_ROLES:
+                raise ValueError(f"unknown column role {role!r}; use one of {', '.join(COLUMN_ROLES)}")
+        return columns
+
+
+class TrainConfig(_Strict):
+    model: str | None = None
+    trust_remote_code: bool = False
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    learning_rate: float = Field(2.0e-5, gt=0, le=1)
+    per_device_train_batch_size: int = Field(32, ge=1)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    eval_steps: int | None = Field(None, ge=1)
+    seed: int = 42
+    fp16: bool = False
+    bf16: bool = False
+    max_seq_length: int | None = Field(128, ge=8)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    """One line naming the first bad field and the fix, with a did-you-mean for typos."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        parent = model
+        for part in err["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+            annotation = getattr(field, "annotation", None)
+            parent = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        known = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        return f"{source}: unknown key {loc!r}; {hint}"
+    if err["type"] == "missing":
+        return f"{source}: {loc} is required"
+    got = err.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return f"{source}: {loc}: {msg}{shown}"
+
+
+def read_yaml(path: str | Path | None) -> dict[str, Any]:
+    """Safe-load a YAML mapping; relative data/model paths are resolved against its folder."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({first}); fix the syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys (e.g. 'loss: CoSENTLoss')")
+    return _resolve_paths(raw, path.parent)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def resolve(value: Any) -> Any:
+        # Relative paths mean "next to the config file", like a Makefile's; names that do not
+        # exist there (e.g. a hub id) are left for the loader to report.
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            candidate = base / value
+            return str(candidate) if candidate.exists() else value
+        return value
+
+    raw = dict(raw)
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = {k: resolve(v) if k in ("train", "eval", "test") else v for k, v in raw["data"].items()}
+    if isinstance(raw.get("model"), str):
+        raw["model"] = resolve(raw["model"])
+    return raw
+
+
+def parse_config(model: type[BaseModel], raw: dict[str, Any], source: str = "config"):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, model, source)) from None
+
+
+def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    raw = read_yaml(path)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return parse_config(TrainConfig, raw, str(path) if path else "config")

@@ -1,0 +1,41 @@
+"""MultipleNegativesRankingLoss and its cached (large-batch, low-memory) variant.
+
+Input: positive pairs ``(anchor, positive)``, optionally with a hard ``negative`` column;
+every other positive in the batch serves as a negative, so larger batches make it harder.
+"""
+
+from trainers.losses._spec import FloatParam, IntParam, LossSpec
+
+SCALE = FloatParam(low=5.0, high=50.0, default=20.0, log=True, doc="inverse temperature")
+
+
+def _build_mnrl(model, scale):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    return MultipleNegativesRankingLoss(model, scale=scale)
+
+
+def _build_cached_mnrl(model, scale, mini_batch_size):
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    return CachedMultipleNegativesRankingLoss(model, scale=scale, mini_batch_size=mini_batch_size)
+
+
+MULTIPLE_NEGATIVES_RANKING = LossSpec(
+    name="MultipleNegativesRankingLoss",
+    shape="positive_pairs",
+    build=_build_mnrl,
+    params={"scale": SCALE},
+    doc="In-batch negatives cross-entropy (InfoNCE).",
+)
+
+CACHED_MULTIPLE_NEGATIVES_RANKING = LossSpec(
+    name="CachedMultipleNegativesRankingLoss",
+    shape="positive_pairs",
+    build=_build_cached_mnrl,
+    params={
+        "scale": SCALE,
+        "mini_batch_size": IntParam(low=8, high=64, default=32, log=True, doc="forward chunk size; memory only"),
+    },
+    doc="GradCache version of MNRL: batch size limited by time, not memory.",
+)

