@@ -1,0 +1,222 @@
+"""The sweep config: a ``stune train`` config plus what to search and how.
+
+```yaml
+search:
+  losses: [CosineSimilarityLoss, MultipleNegativesRankingLoss, TripletLoss]   # omitted: every loss
+  learning_rate: {low: 1.0e-6, high: 1.0e-4, log: true}
+  per_device_train_batch_size: [16, 32, 64]
+  MultipleNegativesRankingLoss: {scale: {low: 5, high: 50}}
+  TripletLoss: {margin: {low: 0.1, high: 1.0}}
+trials: 24
+```
+A range is ``{low, high, log}``, a list is a categorical choice, a scalar fixes the value.
+Everything is checked here, before Ray or torch is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.config import TrainConfig, parse_config, read_yaml
+from trainers.errors import ConfigError
+from trainers.losses import LOSSES, ChoiceParam, FloatParam, IntParam, get_loss
+
+
+class Range(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) is greater than high ({self.high:g}); swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0 (got {self.low:g})")
+        return self
+
+
+Choice = list[Union[float, int, str]]
+Dimension = Union[Range, Choice, float, int, str]
+
+# Training hyperparameters the search may vary, with the default space of a sweep.
+TRAINING_DIMENSIONS: dict[str, Dimension] = {
+    "learning_rate": Range(low=5e-6, high=2e-4, log=True),
+    "per_device_train_batch_size": [16, 32, 64],
+    "warmup_ratio": Range(low=0.0, high=0.2),
+}
+OPTIONAL_DIMENSIONS = ("num_train_epochs", "max_steps", "weight_decay", "lr_scheduler_type", "max_seq_length")
+TRAINING_LIMITS = {  # what TrainConfig accepts, checked on ranges and choices alike
+    "learning_rate": (1e-12, 1.0), "per_device_train_batch_size": (1, None), "warmup_ratio": (0.0, 0.999),
+    "num_train_epochs": (1e-6, None), "max_steps": (1, None), "weight_decay": (0.0, None), "max_seq_length": (8, None),
+}
+
+
+class SearchConfig(BaseModel):
+    """``search:`` — which losses, and per-dimension overrides of the default space."""
+
+    model_config = ConfigDict(extra="allow")
+    losses: list[str] | None = None
+
+    @field_validator("losses")
+    @classmethod
+    def _registered(cls, losses: list[str] | None) -> list[str] | None:
+        if losses is not None:
+            if not losses:
+                raise ValueError("is empty; list at least one loss or omit it to search every loss")
+            for name in losses:
+                get_loss(name)
+        return losses
+
+    @model_validator(mode="after")
+    def _known_dimensions(self) -> "SearchConfig":
+        for key, value in (self.model_extra or {}).items():
+            if key in LOSSES:
+                _check_loss_dims(key, value)
+            elif key in TRAINING_DIMENSIONS or key in OPTIONAL_DIMENSIONS:
+                _check_dimension(key, _as_dimension(key, value))
+            else:
+                known = [*TRAINING_DIMENSIONS, *OPTIONAL_DIMENSIONS, *LOSSES, "losses"]
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "use a training key, a loss name or 'losses'"
+                raise ValueError(f"unknown search key {key!r}; {hint}")
+        return self
+
+    def training_dimensions(self) -> dict[str, Dimension]:
+        dims = dict(TRAINING_DIMENSIONS)
+        for key, value in (self.model_extra or {}).items():
+            if key not in LOSSES:
+                dims[key] = _as_dimension(key, value)
+        return dims
+
+    def loss_dimensions(self, loss: str) -> dict[str, Dimension]:
+        """The loss's own tunable params: the registry's ranges, overridden by the config."""
+        spec = get_loss(loss)
+        dims: dict[str, Dimension] = {}
+        for name, param in spec.params.items():
+            if isinstance(param, ChoiceParam):
+                dims[name] = list(param.choices)
+            elif isinstance(param, IntParam):
+                dims[name] = Range(low=param.low, high=param.high, log=param.log)
+            elif isinstance(param, FloatParam):
+                dims[name] = Range(low=param.low, high=param.high, log=param.log)
+        for name, value in ((self.model_extra or {}).get(loss) or {}).items():
+            dims[name] = _as_dimension(f"{loss}.{name}", value)
+        return dims
+
+
+def _as_dimension(key: str, value: Any) -> Dimension:
+    if isinstance(value, dict):
+        try:
+            return Range.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{key}: {where + ': ' if where else ''}{msg}") from None
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"{key}: empty list; give at least one choice")
+        return value
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{key}: use {{low, high, log}}, a list of choices, or one fixed value")
+
+
+def _check_dimension(key: str, dim: Dimension) -> None:
+    low, high = TRAINING_LIMITS.get(key, (None, None))
+    values = [dim.low, dim.high] if isinstance(dim, Range) else dim if isinstance(dim, list) else [dim]
+    for value in values:
+        if low is not None and isinstance(value, (int, float)) and (value < low or (high is not None and value > high)):
+            bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise ValueError(f"{key}: {value!r} is out of range; values must be {bound}")
+
+
+def _check_loss_dims(loss: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{loss}: map its parameters, e.g. {{margin: {{low: 0.1, high: 1.0}}}}")
+    spec = get_loss(loss)
+    for name, dim in value.items():
+        if name not in spec.params:
+            takes = ", ".join(spec.params) or "no parameters"
+            raise ValueError(f"{loss}: {loss} does not take {name!r} (it takes: {takes})")
+        dim = _as_dimension(f"{loss}.{name}", dim)
+        param = spec.params[name]
+        for v in (dim if isinstance(dim, list) else [dim] if not isinstance(dim, Range) else []):
+            try:
+                param.check(v)
+            except ValueError as exc:
+                raise ValueError(f"{loss}.{name} {exc}") from None
+
+
+class AshaConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    grace_period: int = Field(1, ge=1, description="evaluations before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepConfig(TrainConfig):
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    trials: int = Field(12, ge=1)
+    searcher: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
+    scheduler: Literal["asha", "none"] = "asha"
+    asha: AshaConfig = Field(default_factory=AshaConfig)
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float | None = Field(None, ge=0, description="None: 1 when the cluster has GPUs, else 0")
+    evaluations_per_trial: int = Field(4, ge=1, description="eval_steps = steps / this, unless eval_steps is set")
+    initial_points: list[dict[str, Any]] = Field(default_factory=list)
+    max_failures: int = Field(2, ge=0)
+    time_budget: str | None = None
+    startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the space")
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _initial_points_valid(self) -> "SweepConfig":
+        for i, point in enumerate(self.initial_points):
+            loss = point.get("loss", self.loss.name)
+            try:
+                spec = get_loss(loss)
+            except ValueError as exc:
+                raise ValueError(f"initial_points[{i}].loss: {exc}") from None
+            for key in point:
+                if key != "loss" and key not in TrainConfig.model_fields and key not in spec.params:
+                    raise ValueError(f"initial_points[{i}]: unknown key {key!r} for {loss}")
+        return self
+
+    def losses(self) -> list[str]:
+        return self.search.losses or list(LOSSES)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h``, ``2d`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"time budget {text!r} is not a duration; write e.g. 90s, 10m, 2h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def load_sweep_config(path: str | None = None, **overrides: Any) -> SweepConfig:
+    raw = read_yaml(path)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("train", "eval", "test"):
+            raw.setdefault("data", {})[key] = value
+        else:
+            raw[key] = value
+    return parse_config(SweepConfig, raw, str(path) if path else "config")
+
+
+__all__ = ["SweepConfig", "SearchConfig", "Range", "ConfigError", "load_sweep_config", "parse_duration"]

@@ -1,0 +1,188 @@
+"""The driver-side bookkeeping of a sweep, as a Ray Tune callback.
+
+- keeps ``best/``: the model of the best evaluation of any trial so far (copied when a result
+  beats it, without optimizer state), so the winner survives whatever Ray deletes;
+- deletes a trial's own checkpoint once the trial ends, so disk holds at most one checkpoint
+  per running trial plus ``best/`` whatever the number of trials;
+- keeps ``trials.csv`` current as trials start and end.
+Its state is rebuilt from the run directory in ``setup``, so it survives ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from tune.rundir import BEST, TRIALS, RunDir
+from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
+
+log = logging.getLogger("stune.sweep")
+
+BEST_JSON = "best.json"
+FIXED_COLUMNS = ["trial_id", "status", "loss"]
+RESULT_COLUMNS = [OBJECTIVE, "best_step", "steps", "total_steps", "node", "seconds", "error"]
+DONE = ("completed", "stopped_early", "errored")
+
+
+class SweepRecorder(Callback):
+    def __init__(self, run_dir: RunDir, planned_trials: int, on_event=None):
+        self.run_dir = run_dir
+        self.planned_trials = planned_trials
+        self.on_event = on_event  # progress display: on_event(kind, row, recorder)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.best: dict[str, Any] | None = None
+        self._pending_best: dict[str, Any] | None = None
+        self._started: dict[str, float] = {}
+
+    # Ray calls setup() on a fresh run and again after Tuner.restore.
+    def setup(self, **info):
+        if self.run_dir.exists(TRIALS):
+            for row in self.run_dir.read_csv(TRIALS):
+                self.rows[row["trial_id"]] = dict(row)
+        if self.run_dir.exists(BEST_JSON):
+            self.best = self.run_dir.read_json(BEST_JSON)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        row["status"] = "running"
+        self._started[trial.trial_id] = time.monotonic()
+        self._emit("start", row)
+        self._write()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = self._row(trial)
+        score = result.get(OBJECTIVE)
+        row["steps"] = result.get("step")
+        row["total_steps"] = result.get("total_steps")
+        row["node"] = result.get("node", "")
+        if score is None or not math.isfinite(score):
+            return
+        if not row.get(OBJECTIVE) or score > float(row[OBJECTIVE]):
+            row[OBJECTIVE] = round(score, 6)
+            row["best_step"] = result.get("step")
+        if self.best is None or score > self.best[OBJECTIVE]:
+            self._pending_best = {
+                "trial_id": trial.trial_id,
+                OBJECTIVE: score,
+                "pearson_cosine": result.get("pearson_cosine"),
+                "step": result.get("step"),
+                "training_iteration": result.get("training_iteration"),
+                "config": _params(trial.config),
+            }
+        self._emit("result", row)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        pending = self._pending_best
+        if not pending or pending["trial_id"] != trial.trial_id:
+            return
+        if trial.last_result.get("training_iteration") != pending["training_iteration"]:
+            return
+        self.run_dir.replace_dir_from(BEST, checkpoint.filesystem, checkpoint.path, skip=_OPTIMIZER_FILES)
+        pending["checkpoint"] = self.run_dir.join(BEST)
+        self.best = pending
+        self._pending_best = None
+        self.run_dir.write_json(BEST_JSON, self.best)
+        self._emit("best", self.rows[trial.trial_id])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        steps, total = _int(row.get("steps")), _int(row.get("total_steps"))
+        row["status"] = "completed" if steps and total and steps >= total else "stopped_early"
+        self._finish(trial, row)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        row["status"] = "errored"
+        row["error"] = _error_line(trial)
+        self._finish(trial, row)
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:  # trials never started (time budget) stay visible as pending
+            self._row(trial)
+        self._write()
+
+    # -- helpers
+    def _finish(self, trial, row):
+        started = self._started.pop(trial.trial_id, None)
+        if started is not None:
+            row["seconds"] = round(time.monotonic() - started, 1)
+        _delete_trial_checkpoints(trial)
+        self._emit("done", row)
+        self._write()
+
+    def _row(self, trial) -> dict[str, Any]:
+        row = self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "status": "pending"})
+        row.update(_params(trial.config))
+        return row
+
+    def _write(self):
+        params = sorted({k for row in self.rows.values() for k in row} - set(FIXED_COLUMNS) - set(RESULT_COLUMNS))
+        self.run_dir.write_csv(TRIALS, list(self.rows.values()), FIXED_COLUMNS + params + RESULT_COLUMNS)
+
+    def _emit(self, kind, row):
+        if self.on_event is not None:
+            self.on_event(kind, row, self)
+
+    def counts(self) -> dict[str, int]:
+        counts = {status: 0 for status in ("completed", "stopped_early", "errored", "running", "pending")}
+        for row in self.rows.values():
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        return counts
+
+    def __getstate__(self):  # the progress display is not part of the experiment state
+        state = dict(self.__dict__)
+        state["on_event"] = None
+        return state
+
+
+_OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "training_args.bin")
+
+
+def _params(config: dict[str, Any]) -> dict[str, Any]:
+    """Trial params as columns: ``TripletLoss.margin`` -> ``margin`` of the chosen loss."""
+    from tune.space import trial_overrides
+
+    overrides = trial_overrides(config)
+    loss = overrides.pop("loss")
+    return {"loss": loss["name"], **{k: v for k, v in loss.items() if k != "name"}, **overrides}
+
+
+def _int(value) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_line(trial) -> str:
+    text = ""
+    try:
+        error = trial.get_error()
+        text = str(error) if error else ""
+    except Exception:
+        pass
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Ray wraps the trial's exception; its own message is the last meaningful line.
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return line[:300]
+    return (lines[-1] if lines else "failed")[:300]
+
+
+def _delete_trial_checkpoints(trial) -> None:
+    storage = getattr(trial, "storage", None)
+    if storage is None:
+        return
+    import pyarrow.fs as pafs
+
+    fs = storage.storage_filesystem
+    try:
+        for info in fs.get_file_info(pafs.FileSelector(storage.trial_fs_path, recursive=False)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                fs.delete_dir(info.path)
+    except (FileNotFoundError, OSError) as exc:
+        log.debug("could not delete checkpoints of %s: %s", trial.trial_id, exc)

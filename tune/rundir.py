@@ -1,0 +1,131 @@
+"""A sweep's run directory, local or remote (any pyarrow.fs URI: s3://, gs://, file paths).
+
+It is Ray Tune's experiment folder plus stune's own files:
+``summary.json``, ``trials.csv``, ``best/`` (the best checkpoint's model), ``sweep.json``
+(the config the sweep was started with, so ``--resume`` and ``export`` need nothing else).
+Every file stune writes goes through a temp name and a rename, so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+SUMMARY = "summary.json"
+TRIALS = "trials.csv"
+BEST = "best"
+SWEEP = "sweep.json"
+RAY_STATE_PREFIX = "experiment_state"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    uri: str  # as the user gave it (a path or a URI)
+    fs: Any
+    path: str  # path inside fs
+
+    @classmethod
+    def open(cls, uri: str) -> "RunDir":
+        if "://" in uri:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        else:
+            fs, path = pafs.LocalFileSystem(), os.path.abspath(uri)
+        return cls(uri, fs, path.rstrip("/"))
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def storage_path(self) -> str:
+        """What Ray Tune's ``RunConfig(storage_path=...)`` takes for the parent folder."""
+        if self.is_local:
+            return os.path.dirname(self.path)
+        scheme = self.uri.split("://", 1)[0]
+        query = "?" + self.uri.split("?", 1)[1] if "?" in self.uri else ""
+        return f"{scheme}://{posixpath.dirname(self.path)}{query}"
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.join(*parts)).type != pafs.FileType.NotFound
+
+    def is_empty(self) -> bool:
+        if not self.exists():
+            return True
+        return not self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+
+    def has_sweep(self) -> bool:
+        return self.exists(SWEEP) and any(
+            info.base_name.startswith(RAY_STATE_PREFIX)
+            for info in self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        )
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+        target = self.join(name)
+        tmp = self.join(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, target)  # atomic on local disks; a single PUT on object stores
+
+    def write_json(self, name: str, payload: Any) -> None:
+        self.write_bytes(name, json.dumps(payload, indent=2, default=str).encode())
+
+    def read_json(self, name: str) -> Any:
+        with self.fs.open_input_stream(self.join(name)) as src:
+            return json.loads(src.read())
+
+    def write_csv(self, name: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        self.write_bytes(name, buffer.getvalue().encode())
+
+    def read_csv(self, name: str) -> list[dict[str, str]]:
+        with self.fs.open_input_stream(self.join(name)) as src:
+            return list(csv.DictReader(io.StringIO(src.read().decode())))
+
+    def replace_dir_from(self, name: str, src_fs, src_path: str, skip: tuple[str, ...] = ()) -> None:
+        """Copy a folder into ``name`` via a temp folder, then swap it in. Object stores have no
+        folder rename: there the old copy is replaced file by file."""
+        local = self.is_local
+        tmp = self.join(f".{name}.{uuid.uuid4().hex[:8]}.tmp") if local else self.join(name)
+        if not local and self.exists(name):
+            self.fs.delete_dir(tmp)
+        selector = pafs.FileSelector(src_path, recursive=True)
+        for info in src_fs.get_file_info(selector):
+            if info.type != pafs.FileType.File or info.base_name in skip:
+                continue
+            rel = posixpath.relpath(info.path, src_path)
+            dest = posixpath.join(tmp, rel)
+            self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+            pafs.copy_files(info.path, dest, source_filesystem=src_fs, destination_filesystem=self.fs)
+        target = self.join(name)
+        if not local:
+            return
+        if self.exists(name):
+            old = self.join(f".{name}.old.{uuid.uuid4().hex[:8]}")
+            self.fs.move(target, old)
+            self.fs.move(tmp, target)
+            self.fs.delete_dir(old)
+        else:
+            self.fs.move(tmp, target)
+
+    def download_dir(self, name: str, local: str) -> str:
+        pafs.copy_files(self.join(name), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return local

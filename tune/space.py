@@ -1,0 +1,94 @@
+"""The search space, written once as define-by-run code.
+
+A trial first picks a loss; only that loss's own parameters (from the registry, narrowed by
+``search:``) are then sampled, followed by the training hyperparameters. Optuna parameter
+names are ``loss``, ``<Loss>.<param>`` and the ``TrainingArguments`` names, so conditional
+parameters of different losses never share a distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tune.config import Range, SweepConfig
+
+
+class SearchSpace:
+    """Callable ``space(optuna_trial) -> fixed values``; a class (not a closure) so Ray can pickle
+    it into the experiment state and ``--resume`` can rebuild the searcher."""
+
+    def __init__(self, config: SweepConfig):
+        self.losses = config.losses()
+        self.loss_dims = {loss: config.search.loss_dimensions(loss) for loss in self.losses}
+        self.training_dims = config.search.training_dimensions()
+
+    def __call__(self, trial) -> dict[str, Any]:
+        fixed: dict[str, Any] = {}
+        loss = trial.suggest_categorical("loss", self.losses) if len(self.losses) > 1 else self.losses[0]
+        fixed.update({} if len(self.losses) > 1 else {"loss": loss})
+        for name, dim in self.loss_dims[loss].items():
+            self._suggest(trial, f"{loss}.{name}", dim, fixed)
+        for name, dim in self.training_dims.items():
+            self._suggest(trial, name, dim, fixed)
+        return fixed
+
+    @staticmethod
+    def _suggest(trial, name: str, dim, fixed: dict[str, Any]) -> None:
+        if isinstance(dim, Range):
+            whole = name in ("per_device_train_batch_size", "max_steps", "max_seq_length") or name.endswith("mini_batch_size")
+            if whole:
+                trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
+            else:
+                trial.suggest_float(name, dim.low, dim.high, log=dim.log)
+        elif isinstance(dim, list):
+            if len(dim) == 1:
+                fixed[name] = dim[0]
+            else:
+                trial.suggest_categorical(name, dim)
+        else:
+            fixed[name] = dim
+
+    def describe(self) -> dict[str, Any]:
+        """The space as plain data, for summary.json and the model card."""
+
+        def show(dim):
+            return dim.model_dump() if isinstance(dim, Range) else dim
+
+        return {
+            "loss": self.losses,
+            "loss_params": {loss: {k: show(v) for k, v in dims.items()} for loss, dims in self.loss_dims.items()},
+            **{k: show(v) for k, v in self.training_dims.items()},
+        }
+
+
+def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Flat trial params (``loss``, ``TripletLoss.margin``, ``learning_rate``...) -> config keys.
+
+    Parameters of a loss other than the chosen one are dropped: a searcher's warm-start point
+    may carry them, a trial never uses them.
+    """
+    loss = params["loss"]
+    overrides: dict[str, Any] = {"loss": {"name": loss}}
+    for key, value in params.items():
+        if key == "loss":
+            continue
+        if "." in key:
+            owner, name = key.split(".", 1)
+            if owner == loss:
+                overrides["loss"][name] = value
+        else:
+            overrides[key] = value
+    return overrides
+
+
+def initial_point_params(point: dict[str, Any], default_loss: str) -> dict[str, Any]:
+    """``{loss: TripletLoss, margin: 0.3, learning_rate: 2e-5}`` -> Optuna parameter names."""
+    from trainers.config import TrainConfig
+
+    loss = point.get("loss", default_loss)
+    params: dict[str, Any] = {"loss": loss}
+    for key, value in point.items():
+        if key == "loss":
+            continue
+        params[key if key in TrainConfig.model_fields else f"{loss}.{key}"] = value
+    return params

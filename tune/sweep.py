@@ -1,0 +1,240 @@
+"""Run a sweep: Optuna proposes, ASHA stops, Ray Tune runs ``trainers`` fine-tunes as trials.
+
+``run_sweep`` is the Python API behind ``stune sweep``; it returns the same summary it writes
+to ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any, Callable
+
+from trainers.errors import StuneError
+from tune.config import SweepConfig, parse_duration
+from tune.rundir import SUMMARY, SWEEP, RunDir
+from tune.space import SearchSpace, initial_point_params
+from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
+
+log = logging.getLogger("stune.sweep")
+
+# Ray saves its experiment state every >= 10 s by default: a driver killed soon after trials
+# finish would re-run them on --resume. Saving every second keeps them.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+class SweepError(StuneError):
+    pass
+
+
+def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -> RunDir:
+    """Where the sweep lives; refuses to clobber a run or to resume something that is not one."""
+    if storage:
+        from cluster.storage import resolve_storage
+
+        base = resolve_storage(storage)
+        out = base.rstrip("/") + "/" + os.path.basename(os.path.normpath(out))
+    run_dir = RunDir.open(out)
+    if resume:
+        if not run_dir.has_sweep():
+            raise SweepError(f"--resume: {out} holds no stune sweep; pass the RUN_DIR of an earlier 'stune sweep'")
+    elif not run_dir.is_empty():
+        if not force:
+            raise SweepError(f"--out {out} already exists; use --resume to continue it, or --force to start over there")
+        run_dir.fs.delete_dir_contents(run_dir.path)
+    return run_dir
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str,
+    *,
+    address: str | None = None,
+    storage: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    verbose: bool = False,
+    on_event: Callable | None = None,
+) -> dict[str, Any]:
+    started = time.time()
+    run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force)
+    if resume:  # the sweep goes on exactly as it was defined
+        config = SweepConfig.model_validate(run_dir.read_json(SWEEP)["config"])
+
+    from trainers.model import resolve_model_path
+    from trainers.train import load_splits
+
+    splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
+    model_path = resolve_model_path(config.model)
+
+    from cluster.connect import connect
+
+    connection = connect(address, num_cpus=None)
+    import ray
+    from ray import tune
+
+    gpus = config.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    space = SearchSpace(config)
+    baseline = _baseline(run_dir, config, splits, resume)
+    if not resume:
+        run_dir.write_json(SWEEP, {"config": config.model_dump(mode="json"), "space": space.describe(), "baseline": baseline})
+    log.info("baseline (untuned %s): eval %s %.4f", config.model or "bundled all-MiniLM-L6-v2", OBJECTIVE, baseline[OBJECTIVE])
+
+    from tune.recorder import SweepRecorder
+    from tune.trainable import pack_model, run_trial
+
+    recorder = SweepRecorder(run_dir, config.trials, on_event=on_event)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base_config=config_for_trials(config),
+            splits=splits,
+            # Shipped through the object store: nodes need not share the driver's disk.
+            model_bundle=pack_model(model_path),
+            evaluations=config.evaluations_per_trial,
+        ),
+        {"cpu": config.cpus_per_trial, "gpu": gpus},
+    )
+    if resume:
+        tuner = tune.Tuner.restore(run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        _reattach(tuner, recorder)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(config, space, run_dir),
+                scheduler=_scheduler(config),
+                num_samples=config.trials,
+                max_concurrent_trials=config.max_concurrent_trials,
+                reuse_actors=True,
+                time_budget_s=parse_duration(config.time_budget) if config.time_budget else None,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=run_dir.name,
+                storage_path=run_dir.storage_path,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                callbacks=[recorder],
+                verbose=1 if verbose else 0,
+                log_to_file=True,
+            ),
+        )
+    try:
+        tuner.fit()
+    finally:
+        connection.close()
+    summary = write_summary(run_dir, config, space, recorder, baseline, seconds=time.time() - started)
+    return summary
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def config_for_trials(config: SweepConfig) -> dict[str, Any]:
+    """The TrainConfig part of a sweep config: what every trial starts from."""
+    from trainers.config import TrainConfig
+
+    return {k: v for k, v in config.model_dump().items() if k in TrainConfig.model_fields}
+
+
+def _baseline(run_dir: RunDir, config: SweepConfig, splits, resume: bool) -> dict[str, float]:
+    if resume:
+        return run_dir.read_json(SWEEP)["baseline"]
+    from trainers.evaluation import evaluate
+    from trainers.model import load_model
+
+    model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
+    return evaluate(model, splits.eval, "eval")
+
+
+def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = config.startup_trials or max(2, min(10, config.trials // 4))
+    sampler = {
+        # constant_liar: parallel workers do not all get the same proposal while trials run;
+        # group: TPE models the parameters of each loss together (conditional space).
+        "tpe": lambda: optuna.samplers.TPESampler(
+            seed=config.seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+        ),
+        "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=startup),
+        "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup),
+    }[config.searcher]()
+    points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
+    return OptunaSearch(space, metric=BEST_OBJECTIVE, mode="max", sampler=sampler, points_to_evaluate=points or None)
+
+
+def _scheduler(config: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if config.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        metric=BEST_OBJECTIVE,
+        mode="max",
+        time_attr="training_iteration",  # one iteration = one evaluation
+        max_t=config.evaluations_per_trial,
+        grace_period=min(config.asha.grace_period, config.evaluations_per_trial),
+        reduction_factor=config.asha.reduction_factor,
+    )
+
+
+def _reattach(tuner, recorder) -> None:
+    """After restore, the pickled recorder comes back without its progress display."""
+    callbacks = tuner._local_tuner._run_config.callbacks or []
+    for callback in callbacks:
+        if type(callback).__name__ == "SweepRecorder":
+            callback.on_event = recorder.on_event
+            recorder.__dict__.update(callback.__dict__)
+            return
+
+
+def write_summary(run_dir: RunDir, config: SweepConfig, space: SearchSpace, recorder, baseline, *, seconds: float) -> dict[str, Any]:
+    best = recorder.best
+    counts = recorder.counts()
+    summary = {
+        "objective": OBJECTIVE,
+        "best": best,
+        "baseline": baseline,
+        "beats_baseline": bool(best and best[OBJECTIVE] > baseline[OBJECTIVE]),
+        "counts": counts,
+        "trials_planned": config.trials,
+        "search_space": space.describe(),
+        "searcher": config.searcher,
+        "scheduler": config.scheduler,
+        "wall_seconds": round(seconds, 1),
+        "run_dir": run_dir.uri,
+    }
+    run_dir.write_json(SUMMARY, summary)
+    return summary
+
+
+def sweep(config: SweepConfig | dict | str | None = None, out: str | None = None, **kwargs) -> dict[str, Any]:
+    """Notebook entry point: ``from tune import sweep; summary = sweep({"trials": 8})``."""
+    from tune.config import load_sweep_config
+    from trainers.config import parse_config
+
+    if isinstance(config, dict):
+        config = parse_config(SweepConfig, config)
+    elif config is None or isinstance(config, str):
+        config = load_sweep_config(config)
+    out = out or default_run_dir()
+    return run_sweep(config, out, **kwargs)
+
+
+def default_run_dir() -> str:
+    return os.path.join("runs", time.strftime("sweep-%Y%m%d-%H%M%S"))
+
+
+def is_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
