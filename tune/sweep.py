@@ -71,9 +71,10 @@ def run_sweep(
     splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
     model_path = resolve_model_path(config.model)
 
-    from cluster.connect import connect
+    from cluster.connect import connect, disconnect
 
-    connection = connect(address, num_cpus=None)
+    connection = connect(address)
+    log.info("trials run on %s", connection.describe())
     import ray
     from ray import tune
 
@@ -123,13 +124,12 @@ def run_sweep(
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 callbacks=[recorder],
                 verbose=1 if verbose else 0,
-                log_to_file=True,
             ),
         )
     try:
         tuner.fit()
     finally:
-        connection.close()
+        disconnect()
     summary = write_summary(run_dir, config, space, recorder, baseline, seconds=time.time() - started)
     return summary
 

@@ -1,0 +1,218 @@
+"""``stune``: train one model, sweep many, export the best, look at a sweep, run clusters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+# Nothing is ever downloaded from a model hub at run time: models are local folders.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(
+    help="Hyperparameter search and training for sentence-embedding models (Ray Tune + Optuna + sentence-transformers).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("stune")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    if not verbose:
+        for noisy in ("sentence_transformers", "transformers", "datasets", "ray", "optuna", "accelerate"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+class _UserErrors:
+    """Bad input -> one line on stderr, exit 2, no traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None:
+            return False
+        from trainers.errors import StuneError
+
+        try:
+            from cluster.errors import ClusterError
+        except ImportError:  # pragma: no cover
+            ClusterError = StuneError
+        if isinstance(exc, (StuneError, ClusterError)):
+            _fail(str(exc))
+        return False
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="YAML config; omitted: bundled MiniLM on the embedded HR data."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model/, metrics.json, train.log)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fine-tune one model with one loss and one set of hyperparameters (no Ray)."""
+    _setup_logging(verbose)
+    with _UserErrors():
+        from trainers.config import load_train_config
+
+        cfg = load_train_config(config)
+        out = out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        from trainers.train import train_to_dir
+
+        result = train_to_dir(cfg, out, force=force, verbose=verbose)
+    _print_train_result(result, out)
+
+
+def _print_train_result(result, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"spearman_cosine  (model saved to {out / 'model'})")
+    table.add_column("split")
+    table.add_column("base model", justify="right")
+    table.add_column("fine-tuned", justify="right")
+    table.add_column("change", justify="right")
+    rows = [("eval", result.base.get("eval"), result.best["metrics"])]
+    if result.test is not None:
+        rows.append(("test", result.base.get("test"), result.test))
+    for name, base, tuned in rows:
+        b, t = base["spearman_cosine"] if base else None, tuned["spearman_cosine"]
+        table.add_row(name, f"{b:.4f}" if b is not None else "–", f"{t:.4f}", f"{t - b:+.4f}" if b is not None else "")
+    Console().print(table)
+
+
+@app.command()
+def sweep(
+    config: Optional[Path] = typer.Argument(None, help="YAML config (a train config plus search:, trials:, ...)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder holding train.*, eval.* and optionally test.* files."),
+    model: Optional[str] = typer.Option(None, "--model", help="Local SentenceTransformer folder (default: bundled MiniLM)."),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Number of trials."),
+    out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/sweep-<time>)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or HOST:PORT (default: local, loopback only)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Put the run directory under this URI (s3://bucket/prefix, gs://...)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out after a crash or Ctrl-C."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the searcher and of every trial."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop starting trials after e.g. 10m, 2h."),
+    force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own progress tables and logs."),
+) -> None:
+    """Search losses and hyperparameters with Ray Tune + Optuna; keep the best checkpoint."""
+    _setup_logging(verbose)
+    with _UserErrors():
+        from trainers.errors import ConfigError
+        from tune.config import load_sweep_config
+
+        if resume and not out:
+            raise ConfigError("--resume needs --out RUN_DIR: the run directory of the sweep to continue")
+        splits = _data_folder(data) if data else {}
+        cfg = load_sweep_config(config, model=model, trials=trials, seed=seed, time_budget=time_budget, **splits)
+        from tune.sweep import default_run_dir, run_sweep
+
+        out = out or default_run_dir()
+        try:
+            summary = run_sweep(cfg, out, address=address, storage=storage, resume=resume, force=force, verbose=verbose)
+        except KeyboardInterrupt:
+            typer.echo(f"\ninterrupted; continue with: stune sweep --resume --out {out}", err=True)
+            raise typer.Exit(130)
+    _print_sweep_summary(summary)
+
+
+def _data_folder(folder: Path) -> dict[str, str]:
+    from trainers.errors import ConfigError
+
+    if not folder.is_dir():
+        raise ConfigError(f"--data {folder} is not a folder; give a folder with train.* and eval.* files (csv, tsv, jsonl, parquet)")
+    found: dict[str, str] = {}
+    for split, names in {"train": ("train",), "eval": ("eval", "validation", "dev"), "test": ("test",)}.items():
+        for path in sorted(folder.iterdir()):
+            if path.name.split(".")[0] in names:
+                found[split] = str(path)
+                break
+    missing = [s for s in ("train", "eval") if s not in found]
+    if missing:
+        raise ConfigError(f"--data {folder}: no {' or '.join(missing)} file; name them train.csv, eval.csv (and test.csv)")
+    return found
+
+
+def _print_sweep_summary(summary: dict) -> None:
+    from rich.console import Console
+
+    console = Console()
+    counts = summary["counts"]
+    best = summary["best"]
+    base = summary["baseline"]["spearman_cosine"]
+    console.print(
+        f"trials: {counts['completed']} completed, {counts['stopped_early']} stopped early, "
+        f"{counts['errored']} errored  ({summary['wall_seconds']:.0f} s)"
+    )
+    if best is None:
+        console.print("[red]no trial finished an evaluation[/red]")
+        return
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["config"].items())
+    console.print(f"best eval spearman_cosine {best['spearman_cosine']:.4f} (base model {base:.4f}) — trial {best['trial_id']} step {best['step']}: {params}")
+    if not summary["beats_baseline"]:
+        console.print("[yellow]no trial beat the untuned base model: keep the base model, or widen the search[/yellow]")
+    console.print(f"export it with: stune export {summary['run_dir']} --out <folder>")
+
+
+@app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="Run directory of a sweep (local path or URI)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the model to."),
+    force: bool = typer.Option(False, "--force", help="Replace --out; export even if no trial beat the base model."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Export the sweep's best checkpoint as a SentenceTransformer folder with a model card."""
+    _setup_logging(verbose)
+    with _UserErrors():
+        from tune.export import export_best
+
+        result = export_best(run_dir, out, force=force)
+    scores = result["scores"]
+    line = f"exported to {out}: eval spearman_cosine {scores['eval']['spearman_cosine']:.4f}"
+    if "test" in scores:
+        line += f", test {scores['test']['spearman_cosine']:.4f} (base model {scores['base_test']['spearman_cosine']:.4f})"
+    typer.echo(line)
+
+
+def _mount_cluster() -> None:
+    from cluster.cli import app as cluster_app
+
+    app.add_typer(cluster_app, name="cluster", help="Start, join, inspect and stop local Ray clusters.")
+
+
+_mount_cluster()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
