@@ -90,7 +90,7 @@ class TrainConfig(_Strict):
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
     """One line naming the first bad field and the fix, with a did-you-mean for typos."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "config"
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int))
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         parent = model
@@ -106,7 +106,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
         return f"{source}: {loc} is required"
     got = err.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-    return f"{source}: {loc}: {msg}{shown}"
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{shown}"
 
 
 def read_yaml(path: str | Path | None) -> dict[str, Any]:

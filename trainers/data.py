@@ -269,3 +269,20 @@ def _triplets(pairs: ScoredPairs, positives, threshold: float, seed: int):
         anchors.append(a), pos.append(p), neg.append(negative)
     note = f"{len(anchors)} triplets from pairs with score >= {threshold} ({n_hard} hard negatives from the data, the rest in-batch)"
     return {"anchor": anchors, "positive": pos, "negative": neg}, note
+
+
+@dataclass
+class Splits:
+    train: Split
+    eval: Split
+    test: Split | None
+
+
+def load_splits(config, *, with_test: bool = True) -> Splits:
+    """The train/eval/test splits of a ``TrainConfig``, each read as scored pairs."""
+    data = config.data
+
+    def read(path: str) -> Split:
+        return read_split(path, data.columns, seed=config.seed, max_rows=data.max_rows)
+
+    return Splits(read(data.train), read(data.eval), read(data.test) if with_test and data.test else None)

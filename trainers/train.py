@@ -20,7 +20,7 @@ from typing import Callable
 from transformers import TrainerCallback
 
 from trainers.config import TrainConfig
-from trainers.data import Split, adapt, read_split
+from trainers.data import Splits, adapt, load_splits
 from trainers.errors import StuneError, TrainingError
 from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, short_metrics
 from trainers.losses import get_loss
@@ -35,6 +35,7 @@ class Evaluation:
     epoch: float
     metrics: dict[str, float]
     checkpoint: Path  # a SentenceTransformer folder with the trainer state beside it
+    total_steps: int
 
 
 @dataclass
@@ -46,19 +47,6 @@ class TrainResult:
     test: dict[str, float] | None = None
     steps: int = 0
     seconds: float = 0.0
-
-
-@dataclass
-class Splits:
-    train: Split
-    eval: Split
-    test: Split | None
-
-
-def load_splits(config: TrainConfig, *, with_test: bool = True) -> Splits:
-    data = config.data
-    read = lambda path: read_split(path, data.columns, seed=config.seed, max_rows=data.max_rows)  # noqa: E731
-    return Splits(read(data.train), read(data.eval), read(data.test) if with_test and data.test else None)
 
 
 def total_steps(config: TrainConfig, n_train: int) -> int:
@@ -75,6 +63,7 @@ def fine_tune(
     on_evaluation: Callable[[Evaluation], None] | None = None,
     resume_from: str | Path | None = None,
     score_base: bool = True,
+    evaluations: int = 5,
     tensorboard_dir: str | Path | None = None,
     verbose: bool = False,
 ) -> tuple[object, TrainResult]:
@@ -106,7 +95,7 @@ def fine_tune(
 
     train_dataset = Dataset.from_dict(columns)
     n_steps = total_steps(config, len(train_dataset))
-    eval_steps = config.eval_steps or max(1, math.ceil(n_steps / 5))
+    eval_steps = config.eval_steps or max(1, math.ceil(n_steps / evaluations))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(work_dir) / "checkpoints"),
         learning_rate=config.learning_rate,
@@ -131,6 +120,7 @@ def fine_tune(
         # In-batch-negative losses must not see the same text twice in a batch.
         batch_sampler=BatchSamplers.NO_DUPLICATES if spec.shape in ("positive_pairs", "triplets") else BatchSamplers.BATCH_SAMPLER,
         dataloader_num_workers=0,
+        dataloader_pin_memory=_has_cuda(),
     )
     watcher = _Watcher(n_steps, on_evaluation)
     callbacks = [watcher]
@@ -186,6 +176,12 @@ def _precision(config: TrainConfig) -> dict[str, bool]:
     return {}
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
@@ -231,7 +227,7 @@ class _Watcher(TrainerCallback):
             self.best_score = self.pending["metrics"][OBJECTIVE]
             self.best_checkpoint = _keep_best(checkpoint)
         if self.on_evaluation:
-            self.on_evaluation(Evaluation(checkpoint=checkpoint, **self.pending))
+            self.on_evaluation(Evaluation(checkpoint=checkpoint, total_steps=self.n_steps, **self.pending))
         self.pending = None
 
 
@@ -266,7 +262,7 @@ def write_metrics(path: Path, config: TrainConfig, result: TrainResult) -> None:
     os.replace(tmp, path)
 
 
-def train_to_dir(config: TrainConfig, out: str | Path, *, force: bool = False, verbose: bool = False) -> TrainResult:
+def train_to_dir(config: TrainConfig, out: str | Path, *, splits: Splits | None = None, force: bool = False, verbose: bool = False) -> TrainResult:
     """``stune train``: fine-tune into ``out/`` (model/, metrics.json, train.log), all or nothing.
 
     Work happens in a sibling temp folder renamed into place at the end, so a failed or
@@ -275,7 +271,7 @@ def train_to_dir(config: TrainConfig, out: str | Path, *, force: bool = False, v
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise StuneError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
-    splits = load_splits(config)  # bad data fails here, before anything is written
+    splits = splits or load_splits(config)  # bad data fails here, before anything is written
     work = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

@@ -39,9 +39,6 @@ def _setup_logging(verbose: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
 
 
 def _fail(message: str) -> None:
@@ -80,12 +77,20 @@ def train(
     _setup_logging(verbose)
     with _UserErrors():
         from trainers.config import load_train_config
+        from trainers.errors import ConfigError
+
+        from trainers.data import load_splits
+        from trainers.model import resolve_model_path
 
         cfg = load_train_config(config)
         out = out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        if out.exists() and any(out.iterdir()) and not force:
+            raise ConfigError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
+        splits = load_splits(cfg)  # bad data and model paths fail here, before torch is imported
+        resolve_model_path(cfg.model)
         from trainers.train import train_to_dir
 
-        result = train_to_dir(cfg, out, force=force, verbose=verbose)
+        result = train_to_dir(cfg, out, splits=splits, force=force, verbose=verbose)
     _print_train_result(result, out)
 
 

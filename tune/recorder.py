@@ -73,7 +73,7 @@ class SweepRecorder(Callback):
                 "training_iteration": result.get("training_iteration"),
                 "config": _params(trial.config),
             }
-        self._emit("result", row)
+        self._emit("result", {**row, "last_score": score})  # last_score: for the live display, not trials.csv
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         pending = self._pending_best

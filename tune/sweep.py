@@ -59,17 +59,25 @@ def run_sweep(
     force: bool = False,
     verbose: bool = False,
     on_event: Callable | None = None,
+    warm_start_from: str | None = None,
+    mlflow: str | None = None,
 ) -> dict[str, Any]:
+    """``warm_start_from``: RUN_DIR of an earlier sweep whose finished trials seed the searcher;
+    ``mlflow``: an MLflow tracking URI to log every trial's params and metrics to."""
     started = time.time()
     run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force)
+    if resume and (warm_start_from or mlflow):
+        raise SweepError("--resume continues a sweep as it was started; --warm-start-from and --mlflow apply to new sweeps only")
     if resume:  # the sweep goes on exactly as it was defined
         config = SweepConfig.model_validate(run_dir.read_json(SWEEP)["config"])
 
     from trainers.model import resolve_model_path
-    from trainers.train import load_splits
+    from trainers.data import load_splits
 
     splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
     model_path = resolve_model_path(config.model)
+    seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
+    _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
 
     from cluster.connect import connect, disconnect
 
@@ -84,13 +92,31 @@ def run_sweep(
     space = SearchSpace(config)
     baseline = _baseline(run_dir, config, splits, resume)
     if not resume:
-        run_dir.write_json(SWEEP, {"config": config.model_dump(mode="json"), "space": space.describe(), "baseline": baseline})
+        run_dir.write_json(SWEEP, {
+            "config": config.model_dump(mode="json"), "space": space.describe(), "baseline": baseline,
+            "warm_start_from": warm_start_from, "mlflow": mlflow,
+        })
     log.info("baseline (untuned %s): eval %s %.4f", config.model or "bundled all-MiniLM-L6-v2", OBJECTIVE, baseline[OBJECTIVE])
 
     from tune.recorder import SweepRecorder
     from tune.trainable import pack_model, run_trial
 
-    recorder = SweepRecorder(run_dir, config.trials, on_event=on_event)
+    from tune.study import StudyUploader, local_study_path, relocated, sqlite_url
+
+    if not verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_path = local_study_path(run_dir, resume=resume)
+    upload_study = StudyUploader(run_dir, study_path)  # remote run dirs: study.db is uploaded
+
+    def on_trial_event(kind, row, recorder):
+        if kind == "done":
+            upload_study()
+        if on_event is not None:
+            on_event(kind, row, recorder)
+
+    recorder = SweepRecorder(run_dir, config.trials, on_event=on_trial_event)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
@@ -109,7 +135,7 @@ def run_sweep(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(config, space, run_dir),
+                search_alg=_searcher(config, space, run_dir, study_path=study_path, seed_trials=seed_trials),
                 scheduler=_scheduler(config),
                 num_samples=config.trials,
                 max_concurrent_trials=config.max_concurrent_trials,
@@ -122,14 +148,18 @@ def run_sweep(
                 storage_path=run_dir.storage_path,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                callbacks=[recorder],
+                callbacks=[recorder, *_mlflow_callbacks(mlflow, run_dir)],
+                # What a trial writes to its working dir (TensorBoard events) lands in RUN_DIR/trial_<id>/.
+                sync_config=tune.SyncConfig(sync_artifacts=True),
                 verbose=1 if verbose else 0,
             ),
         )
     try:
-        tuner.fit()
+        with relocated(sqlite_url(study_path)):  # a resumed searcher opens the study where it is now
+            tuner.fit()
     finally:
         disconnect()
+        upload_study(force=True)
     summary = write_summary(run_dir, config, space, recorder, baseline, seconds=time.time() - started)
     return summary
 
@@ -155,7 +185,18 @@ def _baseline(run_dir: RunDir, config: SweepConfig, splits, resume: bool) -> dic
     return evaluate(model, splits.eval, "eval")
 
 
-def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir):
+def _warm_start(uri: str, config: SweepConfig) -> list:
+    from tune.study import warm_start_trials
+
+    trials, skipped = warm_start_trials(uri, SearchSpace(config), config)
+    log.info(
+        "warm start: the searcher starts from %d finished trials of %s%s", len(trials), uri,
+        f" ({skipped} outside this search space left out)" if skipped else "",
+    )
+    return trials
+
+
+def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study_path: str | None = None, seed_trials: list | None = None):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -171,7 +212,31 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir):
         "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup),
     }[config.searcher]()
     points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
-    return OptunaSearch(space, metric=BEST_OBJECTIVE, mode="max", sampler=sampler, points_to_evaluate=points or None)
+    from tune.study import open_storage, study_name
+
+    searcher = OptunaSearch(
+        space, metric=BEST_OBJECTIVE, mode="max", sampler=sampler, points_to_evaluate=points or None,
+        # The study is recorded in RUN_DIR/study.db (optuna-dashboard, stune report, warm starts).
+        storage=open_storage(study_path) if study_path else None,
+        study_name=study_name(run_dir),
+    )
+    if seed_trials:  # finished trials of an earlier sweep: TPE models them from the first trial on
+        searcher._ot_study.add_trials(seed_trials)
+    return searcher
+
+
+def _mlflow_callbacks(uri: str | None, run_dir: RunDir) -> list:
+    """Ray's MLflow logger: one MLflow run per trial (params, every reported metric), in an
+    experiment named after the run dir."""
+    if not uri:
+        return []
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise SweepError("--mlflow needs MLflow: pip install 'stune[mlflow]'") from None
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=run_dir.name, tags={"stune_run_dir": run_dir.uri}, save_artifact=False)]
 
 
 def _scheduler(config: SweepConfig):

@@ -45,6 +45,15 @@ def unpack_model(digest: str, data: bytes) -> str:
     return str(target / "model")
 
 
+def tensorboard_dir() -> str:
+    """``tensorboard/`` in the trial's working directory: a local folder on the trial's node that
+    Ray copies to ``RUN_DIR/trial_<id>/tensorboard`` at each checkpoint and when the trial ends
+    (``SyncConfig(sync_artifacts=True)``), for local and remote (s3://) run dirs alike."""
+    import ray.tune
+
+    return str(Path(ray.tune.get_context().get_trial_dir()) / "tensorboard")
+
+
 def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, model_bundle, evaluations: int) -> None:
     import ray.tune
     import torch
@@ -87,6 +96,9 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
         note = Path(resume_from) / BEST_NOTE
         best = float(note.read_text()) if note.exists() else best
     try:
-        fine_tune(config, work_dir, splits=splits, on_evaluation=report, resume_from=resume_from, score_base=False, evaluations=evaluations)
+        fine_tune(
+            config, work_dir, splits=splits, on_evaluation=report, resume_from=resume_from, score_base=False,
+            evaluations=evaluations, tensorboard_dir=tensorboard_dir(),
+        )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,139 @@
+"""Reading every file format, detecting columns, adapting one data set to every loss shape."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tiny import scored_pairs, triplets_from, write_csv
+from trainers.data import adapt, read_split
+from trainers.errors import DataError
+
+ROWS = scored_pairs(30, seed=7)
+
+
+def test_csv_scored_pairs(tmp_path):
+    split = read_split(str(write_csv(tmp_path / "d.csv", ["sentence1", "sentence2", "score"], ROWS)))
+    assert split.source_shape == "scored_pairs"
+    assert len(split.pairs) == 30
+    assert split.pairs.score == [r[2] for r in ROWS]
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "jsonl", "parquet", "datasets"])
+def test_other_formats_read_the_same_pairs(fmt, tmp_path):
+    cols = {"sentence1": [r[0] for r in ROWS], "sentence2": [r[1] for r in ROWS], "score": [r[2] for r in ROWS]}
+    if fmt == "tsv":
+        path = tmp_path / "d.tsv"
+        path.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in ROWS))
+    elif fmt == "jsonl":
+        path = tmp_path / "d.jsonl"
+        path.write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n" for a, b, s in ROWS))
+    elif fmt == "parquet":
+        path = tmp_path / "d.parquet"
+        pq.write_table(pa.table(cols), path)
+    else:
+        import datasets
+
+        path = tmp_path / "d_ds"
+        datasets.Dataset.from_dict(cols).save_to_disk(str(path))
+    split = read_split(str(path))
+    assert split.pairs.sentence1 == cols["sentence1"]
+    assert split.pairs.score == pytest.approx(cols["score"])
+
+
+def test_column_aliases_and_explicit_mapping(tmp_path):
+    seed_style = write_csv(tmp_path / "a.csv", ["sentence_0", "sentence_1", "label"], ROWS)
+    assert read_split(str(seed_style)).source_shape == "scored_pairs"
+    custom = write_csv(tmp_path / "b.csv", ["title", "role", "sim"], ROWS)
+    split = read_split(str(custom), {"sentence1": "title", "sentence2": "role", "score": "sim"})
+    assert split.pairs.sentence2 == [r[1] for r in ROWS]
+    with pytest.raises(DataError, match="data.columns.score names column 'nope'"):
+        read_split(str(custom), {"sentence1": "title", "sentence2": "role", "score": "nope"})
+
+
+def test_scales_are_normalized_with_a_note(tmp_path, caplog):
+    rows = [(a, b, s * 5) for a, b, s in ROWS]
+    split = read_split(str(write_csv(tmp_path / "d.csv", ["sentence1", "sentence2", "score"], rows)))
+    assert max(split.pairs.score) == 1.0
+    assert "0–5 scale" in caplog.text
+    rows100 = [(a, b, s * 100) for a, b, s in ROWS]
+    assert max(read_split(str(write_csv(tmp_path / "e.csv", ["sentence1", "sentence2", "score"], rows100))).pairs.score) == 1.0
+
+
+def test_triplets_become_scored_pairs_and_back(tmp_path):
+    triplets = triplets_from(ROWS)
+    split = read_split(str(write_csv(tmp_path / "t.csv", ["anchor", "positive", "negative"], triplets)))
+    assert split.source_shape == "triplets"
+    assert split.triplets == triplets
+    assert set(split.pairs.score) == {0.0, 1.0}
+    columns, _ = adapt(split.pairs, "triplets")
+    # Hard negatives come back from the data: each anchor's own negatives.
+    own_negatives = {(a, n) for a, _, n in triplets}
+    assert all((a, n) in own_negatives for a, n in zip(columns["anchor"], columns["negative"]))
+
+
+def test_positive_pairs_get_in_batch_negatives_for_evaluation(tmp_path):
+    positives = [(a, b) for a, b, s in ROWS if s == 1.0]
+    split = read_split(str(write_csv(tmp_path / "p.csv", ["anchor", "positive"], positives)))
+    assert split.source_shape == "positive_pairs"
+    assert split.pairs.score.count(1.0) == len(positives) == split.pairs.score.count(0.0)
+    assert all((a, b) not in set(positives) for a, b, s in zip(split.pairs.sentence1, split.pairs.sentence2, split.pairs.score) if s == 0.0)
+
+
+@pytest.mark.parametrize("shape", ["scored_pairs", "positive_pairs", "triplets", "labeled_pairs"])
+@pytest.mark.parametrize("source", ["scored", "triplets", "positives"])
+def test_every_shape_from_every_source(shape, source, tmp_path):
+    if source == "scored":
+        path = write_csv(tmp_path / "s.csv", ["sentence1", "sentence2", "score"], ROWS)
+    elif source == "triplets":
+        path = write_csv(tmp_path / "t.csv", ["anchor", "positive", "negative"], triplets_from(ROWS))
+    else:
+        path = write_csv(tmp_path / "p.csv", ["anchor", "positive"], [(a, b) for a, b, s in ROWS if s == 1.0])
+    columns, note = adapt(read_split(str(path)).pairs, shape, positive_threshold=0.75)
+    expected = {"scored_pairs": ["sentence1", "sentence2", "score"], "positive_pairs": ["anchor", "positive"],
+                "triplets": ["anchor", "positive", "negative"], "labeled_pairs": ["sentence1", "sentence2", "label"]}[shape]
+    assert list(columns) == expected
+    n = len(columns[expected[0]])
+    assert n >= 2 and all(len(v) == n for v in columns.values())
+    assert note
+    if shape == "labeled_pairs":
+        assert set(columns["label"]) == {0, 1}
+    if shape == "triplets":
+        assert all(p != neg for p, neg in zip(columns["positive"], columns["negative"]))
+
+
+def test_positive_pairs_from_scores_respect_the_threshold():
+    split_pairs = read_split.__globals__["ScoredPairs"](["a", "b", "c"], ["x", "y", "z"], [0.9, 0.5, 0.8])
+    columns, _ = adapt(split_pairs, "positive_pairs", positive_threshold=0.75)
+    assert columns == {"anchor": ["a", "c"], "positive": ["x", "z"]}
+    with pytest.raises(DataError, match="positive_threshold"):
+        adapt(split_pairs, "positive_pairs", positive_threshold=0.95)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "file is empty"),
+        (b"sentence1,sentence2,score\na,b,0.5\n", "at least 2"),
+        (b"sentence1,sentence2,score\na,b,high\nc,d,0.1\n", "row 2, score column 'score' holds 'high', not a number"),
+        (b"sentence1,sentence2,score\na,b,-1\nc,d,0.1\n", "below 0"),
+        (b"sentence1,sentence2,score\na,b,500\nc,d,0.1\n", "0–100 scale"),
+        (b"sentence1,sentence2,score\na,,0.5\nc,d,0.1\n", "row 2, column 'sentence2' is empty"),
+        (b"sentence1,sentence2,score\n\xff\xfe,b,0.5\nc,d,0.1\n", "UTF-8"),
+        (b"only\na\nb\n", "cannot find two text columns"),
+    ],
+)
+def test_bad_data_is_refused_with_a_message(content, message, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_split(str(path))
+
+
+def test_missing_file_and_unknown_type(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_split(str(tmp_path / "nope.csv"))
+    (tmp_path / "d.xlsx").write_text("x")
+    with pytest.raises(DataError, match="unsupported file type"):
+        read_split(str(tmp_path / "d.xlsx"))

@@ -1,0 +1,53 @@
+"""Every registered loss fine-tunes the tiny model for a few steps and moves its embeddings."""
+
+import numpy as np
+import pytest
+
+from trainers.config import TrainConfig
+from trainers.losses import LOSSES, SHAPE_COLUMNS, get_loss
+from trainers.train import fine_tune
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_loss_trains_and_changes_embeddings(loss, tiny_model, scored_data, tmp_path):
+    from trainers.model import load_model
+
+    config = TrainConfig.model_validate(
+        {"model": tiny_model, "loss": loss, "data": scored_data, "max_steps": 3, "eval_steps": 3,
+         "per_device_train_batch_size": 8, "learning_rate": 1e-3}
+    )
+    sentences = ["senior software engineer", "registered nurse", "plumber"]
+    before = load_model(tiny_model).encode(sentences)
+    evaluations = []
+    model, result = fine_tune(config, tmp_path, on_evaluation=evaluations.append, score_base=False)
+    after = model.encode(sentences)
+    assert np.abs(after - before).max() > 1e-4, f"{loss} did not change the embeddings"
+    assert result.steps == 3
+    assert [e.step for e in evaluations] == [3]
+    assert (evaluations[0].checkpoint / "modules.json").exists()
+    assert -1 <= result.best["metrics"]["spearman_cosine"] <= 1
+
+
+def test_registry_declares_shape_and_ranges():
+    for name, spec in LOSSES.items():
+        assert spec.name == name
+        assert spec.shape in SHAPE_COLUMNS
+        for param in spec.params.values():
+            assert param.check(param.default) == param.default
+    assert set(get_loss("TripletLoss").params) == {"margin", "distance"}
+    assert set(get_loss("CachedMultipleNegativesRankingLoss").params) == {"scale", "mini_batch_size"}
+    assert get_loss("CosineSimilarityLoss").params == {}
+
+
+def test_unknown_loss_suggests_the_close_name():
+    with pytest.raises(ValueError, match="did you mean TripletLoss"):
+        get_loss("TripletLos")
+
+
+def test_loss_params_are_validated():
+    spec = get_loss("TripletLoss")
+    assert spec.check_params({"margin": 0.3}) == {"margin": 0.3, "distance": "euclidean"}
+    with pytest.raises(ValueError, match="does not take scale"):
+        spec.check_params({"scale": 3})
+    with pytest.raises(ValueError, match="TripletLoss.distance must be one of"):
+        spec.check_params({"distance": "chebyshev"})

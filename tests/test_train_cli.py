@@ -1,0 +1,98 @@
+"""``stune train``: one fine-tune from a YAML config, and every bad input refused cleanly."""
+
+import json
+
+import pytest
+import yaml
+from sentence_transformers import SentenceTransformer
+
+from cli import assert_user_error, run_stune
+from tiny import write_csv
+
+
+def write_config(path, **config):
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_writes_a_loadable_model_and_metrics(tiny_model, scored_data, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", model=tiny_model, loss={"name": "CoSENTLoss", "scale": 10.0}, data=scored_data,
+                       max_steps=8, eval_steps=4, per_device_train_batch_size=8, learning_rate=1e-3)
+    out = tmp_path / "out"
+    proc = run_stune("train", cfg, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = SentenceTransformer(str(out / "model"))
+    assert model.encode(["nurse"]).shape == (1, 32)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("eval", "test"):
+        assert {"spearman_cosine", "pearson_cosine"} <= set(metrics[split])
+        assert "spearman_cosine" in metrics["base"][split]
+    assert metrics["loss"] == {"name": "CoSENTLoss", "scale": 10.0}
+    assert [h["step"] for h in metrics["history"]] == [4, 8]
+    assert (out / "train.log").read_text().count("spearman_cosine") >= 2
+    assert "test" in proc.stdout and "base model" in proc.stdout
+    assert not (out / "checkpoints").exists()
+    # Never overwritten without --force.
+    again = run_stune("train", cfg, "--out", out)
+    assert_user_error(again, "--out", "--force")
+
+
+def test_triplet_data_reports_triplet_accuracy(tiny_model, tmp_path):
+    from tiny import scored_pairs, triplets_from
+
+    files = {name: str(write_csv(tmp_path / f"{name}.csv", ["anchor", "positive", "negative"], triplets_from(scored_pairs(60, seed))))
+             for name, seed in (("train", 1), ("eval", 2))}
+    cfg = write_config(tmp_path / "c.yaml", model=tiny_model, loss={"name": "TripletLoss", "margin": 0.3}, data=files,
+                       max_steps=4, per_device_train_batch_size=8)
+    proc = run_stune("train", cfg, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0.0 <= metrics["eval"]["triplet_accuracy"] <= 1.0
+
+
+def bad_inputs(tiny_model, scored_data, tmp_path):
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir(exist_ok=True)
+    (not_a_model / "weights.bin").write_text("x")
+    bad_scores = write_csv(tmp_path / "bad_scores.csv", ["sentence1", "sentence2", "score"], [("a", "b", "high"), ("c", "d", "0.2")])
+    no_score_col = write_csv(tmp_path / "cols.csv", ["title", "role", "sim"], [("a", "b", 1), ("c", "d", 0)])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    ok = dict(model=tiny_model, data=scored_data, max_steps=2)
+    return {
+        "unknown loss": ({**ok, "loss": "TripletLos"}, ["loss", "did you mean TripletLoss"]),
+        "param the loss does not take": ({**ok, "loss": {"name": "TripletLoss", "scale": 3}}, ["TripletLoss does not take scale"]),
+        "missing file": ({**ok, "data": {**scored_data, "train": str(tmp_path / "nope.csv")}}, ["nope.csv", "not found"]),
+        "empty data": ({**ok, "data": {**scored_data, "train": str(empty)}}, ["empty"]),
+        "missing column": ({**ok, "data": {**scored_data, "train": str(no_score_col), "columns": {"score": "label"}}}, ["data.columns.score", "'label'"]),
+        "scores not numbers": ({**ok, "data": {**scored_data, "train": str(bad_scores)}}, ["not a number"]),
+        "lr <= 0": ({**ok, "learning_rate": 0}, ["learning_rate", "greater than 0"]),
+        "batch size < 1": ({**ok, "per_device_train_batch_size": 0}, ["per_device_train_batch_size"]),
+        "not a SentenceTransformer": ({**ok, "model": str(not_a_model)}, ["model", "not a SentenceTransformer"]),
+        "typo in a key": ({**ok, "lerning_rate": 1e-5}, ["did you mean 'learning_rate'"]),
+    }
+
+
+CASES = ["unknown loss", "param the loss does not take", "missing file", "empty data", "missing column", "scores not numbers",
+         "lr <= 0", "batch size < 1", "not a SentenceTransformer", "typo in a key"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_line_exit_2_nothing_written(case, tiny_model, scored_data, tmp_path):
+    config, fragments = bad_inputs(tiny_model, scored_data, tmp_path)[case]
+    cfg = write_config(tmp_path / "c.yaml", **config)
+    out = tmp_path / "out"
+    proc = run_stune("train", cfg, "--out", out, timeout=120)
+    assert_user_error(proc, *fragments)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_bad_yaml_and_missing_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: [unclosed\n")
+    assert_user_error(run_stune("train", bad), "not valid YAML")
+    assert_user_error(run_stune("train", tmp_path / "none.yaml"), "not found")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    assert_user_error(run_stune("train", listed), "mapping")

@@ -1,0 +1,226 @@
+"""The sweep's Optuna study on disk: ``RUN_DIR/study.db`` (SQLite), and warm starts from it.
+
+Every sweep's ``OptunaSearch`` keeps its study in an RDB storage, so that
+``optuna-dashboard sqlite:///RUN_DIR/study.db`` shows it, ``stune report`` plots it, and a
+later sweep can be seeded with its trials (``--warm-start-from``).
+
+- Local run dirs hold ``study.db`` themselves. Object stores (s3://, gs://) cannot hold a SQLite
+  database: the study then lives in a local cache folder and is uploaded to ``RUN_DIR/study.db``
+  as trials finish and when the sweep ends (a resume on another machine downloads it back).
+- ``OptunaSearch`` is pickled into Ray's experiment state for ``--resume``; the storage pickles
+  as its URL. ``StudyStorage`` lets a resumed sweep point the unpickled storage at where the
+  study is now (``relocated``), so a moved run dir or another machine still resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import pyarrow.fs as pafs
+from optuna.storages import RDBStorage
+
+from trainers.errors import StuneError
+from tune.rundir import SWEEP, RunDir
+
+log = logging.getLogger("stune.sweep")
+
+STUDY_DB = "study.db"
+WARM_START_ATTR = "warm_start_from"
+_ENGINE_KWARGS = {"connect_args": {"timeout": 60}}  # wait, not fail, while a dashboard reads
+
+_relocation: str | None = None
+
+
+class StudyError(StuneError):
+    pass
+
+
+class StudyStorage(RDBStorage):
+    """An ``RDBStorage`` that, when unpickled inside ``relocated(url)``, opens ``url`` instead of
+    the URL it was pickled with."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if _relocation is not None:
+            state = {**state, "url": _relocation}
+        super().__setstate__(state)
+
+
+@contextlib.contextmanager
+def relocated(url: str) -> Iterator[None]:
+    global _relocation
+    previous, _relocation = _relocation, url
+    try:
+        yield
+    finally:
+        _relocation = previous
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{os.path.abspath(path)}"
+
+
+def study_name(run_dir: RunDir) -> str:
+    return run_dir.name
+
+
+def local_study_path(run_dir: RunDir, *, resume: bool) -> str:
+    """Where this sweep's SQLite file lives while it runs (created folders included)."""
+    if run_dir.is_local:
+        os.makedirs(run_dir.path, exist_ok=True)
+        return run_dir.join(STUDY_DB)
+    digest = hashlib.sha256(run_dir.uri.encode()).hexdigest()[:10]
+    folder = Path(tempfile.gettempdir()) / "stune-studies" / f"{run_dir.name}-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / STUDY_DB
+    if not resume:
+        path.unlink(missing_ok=True)
+    elif not path.exists() and run_dir.exists(STUDY_DB):
+        pafs.copy_files(run_dir.join(STUDY_DB), str(path), source_filesystem=run_dir.fs, destination_filesystem=pafs.LocalFileSystem())
+    return str(path)
+
+
+def open_storage(path: str) -> StudyStorage:
+    return StudyStorage(sqlite_url(path), engine_kwargs=_ENGINE_KWARGS)
+
+
+class StudyUploader:
+    """Copies the local study of a remote run dir to ``RUN_DIR/study.db`` (at most every
+    ``every`` seconds, and at the end). A no-op for local run dirs."""
+
+    def __init__(self, run_dir: RunDir, local_path: str, every: float = 30.0):
+        self.run_dir, self.local_path, self.every = run_dir, local_path, every
+        self._last = 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        if self.run_dir.is_local or not os.path.exists(self.local_path):
+            return
+        if not force and time.monotonic() - self._last < self.every:
+            return
+        try:
+            self.run_dir.write_bytes(STUDY_DB, Path(self.local_path).read_bytes())
+            self._last = time.monotonic()
+        except OSError as exc:  # the sweep goes on; the next upload may work
+            log.warning("could not upload %s to %s: %s", STUDY_DB, self.run_dir.uri, exc)
+
+
+@contextlib.contextmanager
+def local_copy(run_dir: RunDir) -> Iterator[str | None]:
+    """A local path to the run's ``study.db`` for reading (downloaded if remote), or None."""
+    if run_dir.is_local:
+        yield run_dir.join(STUDY_DB) if run_dir.exists(STUDY_DB) else None
+        return
+    if not run_dir.exists(STUDY_DB):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="stune-study-") as tmp:
+        path = os.path.join(tmp, STUDY_DB)
+        pafs.copy_files(run_dir.join(STUDY_DB), path, source_filesystem=run_dir.fs, destination_filesystem=pafs.LocalFileSystem())
+        yield path
+
+
+def load_study(path: str, name: str | None = None) -> optuna.Study:
+    """The study in a ``study.db``: the one named ``name``, else the only one there."""
+    storage = RDBStorage(sqlite_url(path), engine_kwargs=_ENGINE_KWARGS)
+    names = optuna.get_all_study_names(storage)
+    if not names:
+        raise StudyError(f"{path} holds no Optuna study")
+    chosen = name if name in names else names[0] if len(names) == 1 else None
+    if chosen is None:
+        raise StudyError(f"{path} holds several studies ({', '.join(names)}); none is named {name}")
+    return optuna.load_study(study_name=chosen, storage=storage)
+
+
+# -- warm start
+
+
+def warm_start_trials(uri: str, space, config) -> tuple[list[optuna.trial.FrozenTrial], int]:
+    """The finished trials of an earlier sweep re-expressed in this sweep's search space, ready
+    for ``study.add_trials``; and how many were left out because they fall outside it."""
+    other = RunDir.open(uri)
+    if not other.exists(STUDY_DB):
+        why = "is not a stune sweep" if not other.exists(SWEEP) else f"has no {STUDY_DB} (it predates study recording)"
+        raise StudyError(f"--warm-start-from {uri} {why}; pass the RUN_DIR of an earlier 'stune sweep'")
+    _warn_if_different(other, config)
+    with local_copy(other) as path:
+        study = load_study(path, other.name)
+        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    seeded, skipped = [], 0
+    for old in finished:
+        replay = _Replay(old.params)
+        try:
+            fixed = space(replay)
+        except _Mismatch:
+            skipped += 1
+            continue
+        extra = set(old.params) - set(replay.distributions) - set(fixed)
+        if extra or any(k in old.params and old.params[k] != v for k, v in fixed.items()):
+            skipped += 1
+            continue
+        seeded.append(
+            optuna.trial.create_trial(
+                params={k: old.params[k] for k in replay.distributions},
+                distributions=replay.distributions,
+                value=old.value,
+                intermediate_values=old.intermediate_values,
+                user_attrs={**old.user_attrs, WARM_START_ATTR: uri, "warm_start_number": old.number},
+            )
+        )
+    return seeded, skipped
+
+
+def _warn_if_different(other: RunDir, config) -> None:
+    try:
+        old = other.read_json(SWEEP)["config"]
+    except (OSError, KeyError, ValueError):
+        return
+    new = config.model_dump(mode="json")
+    changed = [k for k in ("model", "data", "max_steps", "num_train_epochs", "max_seq_length") if old.get(k) != new.get(k)]
+    if changed:
+        log.warning(
+            "--warm-start-from %s: that sweep differs in %s; its scores guide the searcher all the same",
+            other.uri, ", ".join(changed),
+        )
+
+
+class _Mismatch(Exception):
+    pass
+
+
+class _Replay:
+    """Stands in for an Optuna trial: answers the search space's ``suggest_*`` calls with an old
+    trial's values, and records this space's distributions; a value this space cannot
+    produce raises ``_Mismatch``."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
+        self.distributions: dict[str, optuna.distributions.BaseDistribution] = {}
+
+    def suggest_categorical(self, name, choices):
+        return self._take(name, optuna.distributions.CategoricalDistribution(choices))
+
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        return self._take(name, optuna.distributions.FloatDistribution(low, high, step=step, log=log))
+
+    def suggest_int(self, name, low, high, *, step=1, log=False):
+        return self._take(name, optuna.distributions.IntDistribution(low, high, step=step, log=log))
+
+    def _take(self, name, distribution):
+        if name not in self.params:
+            raise _Mismatch(name)
+        value = self.params[name]
+        try:
+            inside = distribution._contains(distribution.to_internal_repr(value))
+        except (ValueError, TypeError):
+            inside = False
+        if not inside:
+            raise _Mismatch(name)
+        self.distributions[name] = distribution
+        return value
