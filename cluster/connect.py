@@ -1,0 +1,207 @@
+"""Connect the sweep driver to Ray: a private loopback-only Ray, or an existing cluster.
+
+Used by the sweep engine before it builds the ``Tuner``::
+
+    from cluster.connect import connect, ClusterError
+    info = connect(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+    print(info.describe())
+
+* ``connect(None)`` starts Ray inside this process (``ray.init(address="local")``)
+  with every port on 127.0.0.1 (see :mod:`cluster.local` for how).
+* ``connect("auto")`` / ``connect("HOST:PORT")`` joins a running cluster as a
+  driver. It checks first (TCP, gRPC, token; about a second) and raises
+  :class:`ClusterError` naming ``--address`` instead of letting ``ray.init``
+  retry for 20+ s. The token is sent whenever this machine has one.
+
+Side effects, process-wide (Ray has no per-connection settings for these):
+``RAY_AUTH_MODE``, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` and Ray's in-memory
+copies of them are set to match the target; :func:`disconnect` restores them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+from .auth import AUTH_MODE_VAR, client_auth_env
+from .errors import ClusterError
+from .local import LOOPBACK_VAR, check_cluster, find_address
+from .probe import parse_address
+
+__all__ = ["ClusterError", "ConnectionInfo", "connect", "disconnect"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """Where this process's Ray runs."""
+
+    address: str | None  # GCS address HOST:PORT; None for the in-process local Ray
+    local: bool  # True: Ray was started inside this process and ends with it
+    loopback_only: bool  # True: all Ray ports of this node listen on 127.0.0.1 only
+    token_auth: bool  # True: this client presents a Ray auth token
+    nodes: int  # alive nodes
+    cpus: float  # total CPUs of the cluster
+    gpus: float  # total GPUs of the cluster
+
+    def describe(self) -> str:
+        """One line for logs: where trials run."""
+        where = "local Ray in this process" if self.local else f"Ray cluster at {self.address}"
+        net = "loopback only" if self.loopback_only else "network"
+        auth = "token auth" if self.token_auth else "no auth"
+        return f"{where}: {self.nodes} node(s), {self.cpus:g} CPU, {self.gpus:g} GPU ({net}, {auth})"
+
+
+_current: tuple[tuple, ConnectionInfo] | None = None
+# Values the variables we touch had before connect(); disconnect() puts them back.
+_saved_env: dict[str, str | None] | None = None
+_TOUCHED = (LOOPBACK_VAR, AUTH_MODE_VAR, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _set_loopback_mode(on: bool | None) -> None:
+    """Loopback-only (True), cluster mode (False) or Ray's default (None) for this process.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import, into
+    ``ray_constants.ENABLE_RAY_CLUSTER``; keep the variable (inherited by the
+    raylet and workers of a local Ray) and the module constant in step.
+    """
+    if on is None:
+        os.environ.pop(LOOPBACK_VAR, None)
+    else:
+        os.environ[LOOPBACK_VAR] = "0" if on else "1"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = (not constants.IS_WINDOWS_OR_OSX) if on is None else not on
+
+
+def _apply_env(changes: dict[str, str | None]) -> None:
+    for k, v in changes.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _refresh_ray_auth() -> None:
+    """Make an already-imported Ray re-read RAY_AUTH_MODE / the token (it caches both).
+
+    Uses the same private calls as Ray's own ``_enable_token_auth``; harmless if
+    they move (then the variables only take effect in a fresh process).
+    """
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # noqa: BLE001
+        log.debug("could not refresh Ray's auth settings in-process", exc_info=True)
+
+
+def _info(address: str | None, local: bool, loopback: bool) -> ConnectionInfo:
+    import ray
+
+    res = ray.cluster_resources()
+    return ConnectionInfo(
+        address=address,
+        local=local,
+        loopback_only=loopback,
+        token_auth=os.environ.get(AUTH_MODE_VAR, "").lower() == "token",
+        nodes=sum(1 for n in ray.nodes() if n.get("Alive")),
+        cpus=float(res.get("CPU", 0.0)),
+        gpus=float(res.get("GPU", 0.0)),
+    )
+
+
+def connect(
+    address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None
+) -> ConnectionInfo:
+    """Initialise Ray in this process for a sweep and say where trials will run.
+
+    Args:
+        address: ``None`` (or ``"local"``) for a private Ray on this machine (loopback only),
+            ``"auto"`` for the cluster found on this machine (``RAY_ADDRESS``,
+            ``stune cluster up``, or the last ``ray start``), or ``"HOST:PORT"``
+            of a head's GCS.
+        num_cpus, num_gpus: resources of the private local Ray (default: what
+            Ray detects). Ignored, with a warning, for an existing cluster,
+            whose resources were set by ``stune cluster up/join``.
+
+    Calling it again with the same arguments returns the same connection;
+    different arguments shut the previous one down first.
+
+    Raises:
+        ClusterError: one line naming ``--address`` and the fix (nothing
+            listening, not a Ray cluster, token refused, Ray already
+            initialised by someone else).
+    """
+    global _current, _saved_env
+    import ray
+
+    target = None if address in (None, "", "local") else find_address(address)
+    key = (target, num_cpus, num_gpus)
+    if ray.is_initialized():
+        if _current is not None and _current[0] == key:
+            return _current[1]
+        if _current is None:
+            raise ClusterError(
+                "Ray is already initialised in this process (not by stune); call ray.shutdown() before connect()"
+            )
+        disconnect()
+
+    _saved_env = {k: os.environ.get(k) for k in _TOUCHED}
+    if target is None:
+        _set_loopback_mode(True)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+        info = _info(None, local=True, loopback=True)
+    else:
+        if num_cpus is not None or num_gpus is not None:
+            log.warning(
+                "num_cpus/num_gpus apply to a local Ray only; the cluster at %s keeps the resources "
+                "its nodes were started with (stune cluster up/join --num-cpus/--num-gpus)",
+                target,
+            )
+        changes = client_auth_env()
+        nodes = check_cluster(target, "--address", changes)
+        host, _ = parse_address(target)
+        try:
+            host_is_loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            host_is_loopback = host == "localhost"
+        # A head started single-node registers as 127.0.0.1; a driver must then use loopback too.
+        loopback = host_is_loopback and any(
+            n.alive and n.is_head and ipaddress.ip_address(n.ip).is_loopback for n in nodes
+        )
+        _apply_env(changes)
+        _set_loopback_mode(loopback)
+        _refresh_ray_auth()
+        try:
+            ray.init(address=target)
+        except (ConnectionError, RuntimeError) as e:
+            disconnect()
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ClusterError(f"--address {target}: could not connect: {first}") from None
+        info = _info(target, local=False, loopback=loopback)
+    _current = (key, info)
+    return info
+
+
+def disconnect() -> None:
+    """Shut down this process's Ray connection (and the local Ray, if :func:`connect` started one).
+
+    Also restores the environment variables :func:`connect` changed.
+    """
+    global _current, _saved_env
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _current = None
+    if _saved_env is not None:
+        before = _saved_env.get(LOOPBACK_VAR)
+        _set_loopback_mode(None if before is None else before.strip() in ("0", "false", "False"))
+        _apply_env({k: v for k, v in _saved_env.items() if k != LOOPBACK_VAR})
+        _saved_env = None
