@@ -64,13 +64,16 @@ def fine_tune(
     resume_from: str | Path | None = None,
     score_base: bool = True,
     evaluations: int = 5,
+    keep_best_model: bool = True,
     tensorboard_dir: str | Path | None = None,
     verbose: bool = False,
 ) -> tuple[object, TrainResult]:
     """Fine-tune ``config.model`` with ``config.loss``; return the best model and its scores.
 
-    Checkpoints go to ``work_dir/checkpoints`` (only the latest is kept); ``resume_from`` is a
-    checkpoint folder from an earlier ``on_evaluation``.
+    Checkpoints go to ``work_dir/checkpoints`` (only the latest is kept; ``on_evaluation`` may
+    move or delete it); ``resume_from`` is a checkpoint folder from an earlier ``on_evaluation``.
+    With ``keep_best_model=False`` the returned model is the last one, and no extra copy of the
+    best weights is kept on disk (a sweep keeps the best across trials itself).
     """
     started = time.monotonic()
     splits = splits or load_splits(config)
@@ -122,7 +125,7 @@ def fine_tune(
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
     )
-    watcher = _Watcher(n_steps, on_evaluation)
+    watcher = _Watcher(n_steps, on_evaluation, keep_best_model)
     callbacks = [watcher]
     if tensorboard_dir is not None:  # training loss, learning rate and eval scores as TB scalars
         from torch.utils.tensorboard import SummaryWriter
@@ -191,8 +194,9 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class _Watcher(TrainerCallback):
     """Stops on a NaN/inf loss, forces a last evaluation, hands each evaluation + checkpoint on."""
 
-    def __init__(self, n_steps: int, on_evaluation):
+    def __init__(self, n_steps: int, on_evaluation, keep_best_model: bool):
         self.n_steps = n_steps
+        self.keep_best_model = keep_best_model
         self.on_evaluation = on_evaluation
         self.history: list[dict] = []
         self.pending: dict | None = None
@@ -223,7 +227,7 @@ class _Watcher(TrainerCallback):
         if self.pending is None or self.pending["step"] != state.global_step:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if self.pending["metrics"][OBJECTIVE] > self.best_score:
+        if self.keep_best_model and self.pending["metrics"][OBJECTIVE] > self.best_score:
             self.best_score = self.pending["metrics"][OBJECTIVE]
             self.best_checkpoint = _keep_best(checkpoint)
         if self.on_evaluation:

@@ -34,10 +34,9 @@ class SweepError(StuneError):
 def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -> RunDir:
     """Where the sweep lives; refuses to clobber a run or to resume something that is not one."""
     if storage:
-        from cluster.storage import resolve_storage
+        from cluster.storage import join, resolve_storage
 
-        base = resolve_storage(storage)
-        out = base.rstrip("/") + "/" + os.path.basename(os.path.normpath(out))
+        out = join(resolve_storage(storage), os.path.basename(os.path.normpath(out)))
     run_dir = RunDir.open(out)
     if resume:
         if not run_dir.has_sweep():

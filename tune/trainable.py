@@ -87,6 +87,8 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
             "node": node,
         }
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(evaluation.checkpoint)))
+        # report() has persisted the checkpoint to the run's storage: the local copy is spare.
+        shutil.rmtree(evaluation.checkpoint, ignore_errors=True)
 
     resume_from = None
     checkpoint = ray.tune.get_checkpoint()

@@ -1,0 +1,166 @@
+"""``stune sweep`` / ``stune export`` on real Ray (in-process, loopback only) with the tiny model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli import assert_user_error, run_stune
+from trainers.config import parse_config
+from tune.config import SweepConfig
+from tune.trainable import OBJECTIVE
+
+LOSSES = ["CosineSimilarityLoss", "TripletLoss", "MultipleNegativesRankingLoss", "ContrastiveLoss"]
+
+
+def sweep_config(model, data, **extra):
+    raw = {
+        "model": model, "data": data, "max_steps": 12, "trials": 8, "max_concurrent_trials": 2, "seed": 3,
+        "search": {"losses": LOSSES, "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+                   "per_device_train_batch_size": [8, 16]},
+    }
+    raw.update(extra)
+    return raw
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("checkpoint_*") if p.is_dir()]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tiny_model, scored_data, tmp_path_factory):
+    from tune.sweep import run_sweep
+
+    run_dir = tmp_path_factory.mktemp("sweeps") / "run"
+    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data))
+    disk_samples = []
+
+    def watch_disk(kind, row, recorder):  # sampled while the sweep runs
+        running = sum(1 for r in recorder.rows.values() if r["status"] == "running")
+        disk_samples.append((len(checkpoint_dirs(run_dir)), running))
+
+    summary = run_sweep(config, str(run_dir), on_event=watch_disk)
+    return run_dir, summary, disk_samples
+
+
+def read_trials(run_dir):
+    import csv
+
+    with open(run_dir / "trials.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sweep_searches_losses_and_keeps_only_sampled_params(finished_sweep):
+    run_dir, summary, _ = finished_sweep
+    trials = read_trials(run_dir)
+    assert len(trials) == 8
+    assert len({t["loss"] for t in trials}) >= 3
+    own = {"TripletLoss": {"margin", "distance"}, "MultipleNegativesRankingLoss": {"scale"},
+           "ContrastiveLoss": {"margin", "distance"}, "CosineSimilarityLoss": set()}
+    for t in trials:
+        present = {k for k in ("margin", "distance", "scale") if t[k] != ""}
+        assert present == own[t["loss"]], t
+        assert t["status"] in ("completed", "stopped_early")
+        assert 1e-4 <= float(t["learning_rate"]) <= 1e-2
+    assert summary["counts"]["completed"] + summary["counts"]["stopped_early"] == 8
+
+
+def test_asha_stops_some_trials_early(finished_sweep):
+    run_dir, summary, _ = finished_sweep
+    stopped = [t for t in read_trials(run_dir) if t["status"] == "stopped_early"]
+    assert stopped and summary["counts"]["stopped_early"] == len(stopped)
+    assert all(int(t["steps"]) < int(t["total_steps"]) for t in stopped)
+
+
+def test_best_is_best_at_any_step_across_trials(finished_sweep):
+    run_dir, summary, _ = finished_sweep
+    trials = read_trials(run_dir)
+    best = summary["best"]
+    assert best[OBJECTIVE] == pytest.approx(max(float(t[OBJECTIVE]) for t in trials), abs=1e-6)
+    # Ray's own per-trial history agrees: the best is the max over every report of every trial.
+    reported = []
+    for result_file in run_dir.glob("trial_*/result.json"):
+        reported += [json.loads(line)[OBJECTIVE] for line in result_file.read_text().splitlines() if line.strip()]
+    assert best[OBJECTIVE] == pytest.approx(max(reported), abs=1e-9)
+    assert summary["baseline"][OBJECTIVE] < 1
+    assert summary["beats_baseline"] == (best[OBJECTIVE] > summary["baseline"][OBJECTIVE])
+
+
+def test_checkpoint_disk_stays_bounded(finished_sweep):
+    run_dir, _, samples = finished_sweep
+    assert samples
+    # One checkpoint per running trial; two for a moment while Ray swaps in a newer one.
+    assert max(n for n, _ in samples) <= 2 * 2
+    assert all(n <= 2 * running for n, running in samples if running)
+    assert checkpoint_dirs(run_dir) == []  # finished trials keep none: best/ holds the winner
+    assert (run_dir / "best" / "model.safetensors").exists()
+    assert not (run_dir / "best" / "optimizer.pt").exists()
+
+
+def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    run_dir, summary, _ = finished_sweep
+    out = tmp_path / "model"
+    proc = run_stune("export", run_dir, "--out", out, "--force")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from trainers.data import read_split
+    from trainers.evaluation import evaluate
+
+    config = json.loads((run_dir / "sweep.json").read_text())["config"]
+    score = evaluate(SentenceTransformer(str(out)), read_split(config["data"]["eval"]), "eval")[OBJECTIVE]
+    assert score == pytest.approx(summary["best"][OBJECTIVE], abs=1e-4)
+    card = (out / "README.md").read_text()
+    assert summary["best"]["config"]["loss"] in card
+    assert "test (held out" in card and "Top trials" in card
+    # An existing folder is never overwritten without --force.
+    assert_user_error(run_stune("export", run_dir, "--out", out), "--out", "--force")
+
+
+def test_seed_makes_sweeps_choose_the_same_first_trials(tiny_model, scored_data, tmp_path):
+    from tune.sweep import run_sweep
+
+    firsts = []
+    for name in ("a", "b"):
+        config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=3, max_steps=2, seed=11, scheduler="none"))
+        run_sweep(config, str(tmp_path / name))
+        rows = read_trials(tmp_path / name)
+        firsts.append(sorted((r["loss"], r["learning_rate"], r["per_device_train_batch_size"]) for r in rows))
+    assert firsts[0] == firsts[1]
+
+
+def write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, fragments",
+    [
+        ({"searcher": "bayes"}, ["searcher"]),
+        ({"search": {"losses": []}}, ["search.losses", "is empty"]),
+        ({"search": {"learning_rate": {"low": 1e-3, "high": 1e-5}}}, ["learning_rate", "greater than high"]),
+        ({"search": {"losses": ["FancyLoss"]}}, ["unknown loss 'FancyLoss'"]),
+        ({"search": {"TripletLoss": {"scale": {"low": 1, "high": 2}}}}, ["TripletLoss does not take 'scale'"]),
+    ],
+)
+def test_bad_sweep_config_is_refused_before_ray_starts(change, fragments, tiny_model, scored_data, tmp_path):
+    cfg = write(tmp_path / "c.yaml", {**sweep_config(tiny_model, scored_data), **change})
+    proc = run_stune("sweep", cfg, "--out", tmp_path / "run", timeout=60)
+    assert_user_error(proc, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_and_export_need_a_real_sweep(tiny_model, scored_data, tmp_path):
+    (tmp_path / "notasweep").mkdir()
+    (tmp_path / "notasweep" / "file.txt").write_text("mine")
+    assert_user_error(run_stune("sweep", "--resume", "--out", tmp_path / "notasweep"), "--resume", "no stune sweep")
+    assert (tmp_path / "notasweep" / "file.txt").read_text() == "mine"
+    assert_user_error(run_stune("sweep", "--out", tmp_path / "notasweep"), "already exists", "--resume")
+    # A sweep whose trials never reached an evaluation: nothing to export.
+    run = tmp_path / "empty-run"
+    run.mkdir()
+    (run / "sweep.json").write_text(json.dumps({"config": sweep_config(tiny_model, scored_data), "baseline": {OBJECTIVE: 0.1}}))
+    assert_user_error(run_stune("export", run, "--out", tmp_path / "m"), "nothing to export")
+    assert not (tmp_path / "m").exists()
