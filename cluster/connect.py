@@ -117,7 +117,11 @@ def _info(address: str | None, local: bool, loopback: bool) -> ConnectionInfo:
 
 
 def connect(
-    address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    log_to_driver: bool = True,
 ) -> ConnectionInfo:
     """Initialise Ray in this process for a sweep and say where trials will run.
 
@@ -126,6 +130,7 @@ def connect(
             ``"auto"`` for the cluster found on this machine (``RAY_ADDRESS``,
             ``stune cluster up``, or the last ``ray start``), or ``"HOST:PORT"``
             of a head's GCS.
+        log_to_driver: print the workers' stdout/stderr in this process.
         num_cpus, num_gpus: resources of the private local Ray (default: what
             Ray detects). Ignored, with a warning, for an existing cluster,
             whose resources were set by ``stune cluster up/join``.
@@ -155,7 +160,9 @@ def connect(
     _saved_env = {k: os.environ.get(k) for k in _TOUCHED}
     if target is None:
         _set_loopback_mode(True)
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+        ray.init(
+            address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=log_to_driver
+        )
         info = _info(None, local=True, loopback=True)
     else:
         if num_cpus is not None or num_gpus is not None:
@@ -179,7 +186,7 @@ def connect(
         _set_loopback_mode(loopback)
         _refresh_ray_auth()
         try:
-            ray.init(address=target)
+            ray.init(address=target, log_to_driver=log_to_driver)
         except (ConnectionError, RuntimeError) as e:
             disconnect()
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]

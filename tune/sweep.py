@@ -80,7 +80,7 @@ def run_sweep(
 
     from cluster.connect import connect, disconnect
 
-    connection = connect(address)
+    connection = connect(address, log_to_driver=verbose)
     log.info("trials run on %s", connection.describe())
     import ray
     from ray import tune
