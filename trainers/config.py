@@ -47,12 +47,27 @@ class LossConfig(BaseModel):
 
 
 class DataConfig(_Strict):
-    train: str = str(DEFAULT_DATA_DIR / "train.csv")
-    eval: str = str(DEFAULT_DATA_DIR / "eval.csv")
-    test: str | None = str(DEFAULT_DATA_DIR / "test.csv")
+    """The splits; with no ``train`` and no ``eval`` given, the embedded HR data set (with its test split)."""
+
+    train: str | None = None
+    eval: str | None = None
+    test: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     positive_threshold: float = Field(0.75, gt=0, le=1)
     max_rows: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _default_or_both(self) -> "DataConfig":
+        if self.train is None and self.eval is None:
+            self.__dict__.update(
+                train=str(DEFAULT_DATA_DIR / "train.csv"),
+                eval=str(DEFAULT_DATA_DIR / "eval.csv"),
+                test=self.test or str(DEFAULT_DATA_DIR / "test.csv"),
+            )
+        elif self.train is None or self.eval is None:
+            missing = "train" if self.train is None else "eval"
+            raise ValueError(f"data.{missing} is required when data.{'eval' if missing == 'train' else 'train'} is set")
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -125,7 +140,7 @@ def read_yaml(path: str | Path | None) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys (e.g. 'loss: CoSENTLoss')")
-    return _resolve_paths(raw, path.parent)
+    return _resolve_paths(raw, path.parent.resolve())
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
