@@ -206,6 +206,25 @@ def export(
     typer.echo(line)
 
 
+@app.command()
+def report(
+    run_dir: str = typer.Argument(..., help="Run directory of a sweep (local path or URI), finished, running or interrupted."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.html and the PNGs (default RUN_DIR/report)."),
+    top: int = typer.Option(10, "--top", min=1, help="Trials in the top-trials tables."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Top trials in the terminal; an offline HTML report and PNG plots of the sweep."""
+    _setup_logging(verbose)
+    with _UserErrors():
+        from tune.report import print_table, write_report
+
+        result = write_report(run_dir, out, top=top)
+    print_table(result["data"], top=top)
+    for plot, why in result["placeholders"].items():
+        typer.echo(f"{plot}.png: not drawn yet ({why})", err=True)
+    typer.echo(f"report: {result['files']['html']}  (plots: {result['out']}/*.png)")
+
+
 def _mount_cluster() -> None:
     from cluster.cli import app as cluster_app
 
