@@ -125,7 +125,13 @@ def sweep(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the searcher and of every trial."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop starting trials after e.g. 10m, 2h."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own progress tables and logs."),
+    warm_start_from: Optional[str] = typer.Option(
+        None, "--warm-start-from", help="RUN_DIR of an earlier sweep: its finished trials (study.db) seed the searcher."
+    ),
+    mlflow: Optional[str] = typer.Option(
+        None, "--mlflow", help="MLflow tracking URI: log each trial's params and metrics there (needs stune[mlflow])."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own progress tables and logs instead of stune's progress view."),
 ) -> None:
     """Search losses and hyperparameters with Ray Tune + Optuna; keep the best checkpoint."""
     _setup_logging(verbose)
@@ -141,7 +147,16 @@ def sweep(
 
         out = out or default_run_dir()
         try:
-            summary = run_sweep(cfg, out, address=address, storage=storage, resume=resume, force=force, verbose=verbose)
+            from tune.config import parse_duration
+            from tune.progress import progress_for
+
+            budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
+            # a live view on a terminal, one line per finished trial otherwise, Ray's tables with --verbose
+            with progress_for(cfg.trials, verbose=verbose, time_budget_s=budget) as on_event:
+                summary = run_sweep(
+                    cfg, out, address=address, storage=storage, resume=resume, force=force, verbose=verbose,
+                    on_event=on_event, warm_start_from=warm_start_from, mlflow=mlflow,
+                )
         except KeyboardInterrupt:
             typer.echo(f"\ninterrupted; continue with: stune sweep --resume --out {out}", err=True)
             raise typer.Exit(130)
@@ -191,6 +206,9 @@ def export(
     run_dir: str = typer.Argument(..., help="Run directory of a sweep (local path or URI)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the model to."),
     force: bool = typer.Option(False, "--force", help="Replace --out; export even if no trial beat the base model."),
+    mlflow: Optional[str] = typer.Option(
+        None, "--mlflow", help="MLflow tracking URI to log the exported model to (default: the sweep's --mlflow, if any)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Export the sweep's best checkpoint as a SentenceTransformer folder with a model card."""
@@ -198,11 +216,13 @@ def export(
     with _UserErrors():
         from tune.export import export_best
 
-        result = export_best(run_dir, out, force=force)
+        result = export_best(run_dir, out, force=force, mlflow=mlflow)
     scores = result["scores"]
     line = f"exported to {out}: eval spearman_cosine {scores['eval']['spearman_cosine']:.4f}"
     if "test" in scores:
         line += f", test {scores['test']['spearman_cosine']:.4f} (base model {scores['base_test']['spearman_cosine']:.4f})"
+    if result.get("mlflow_run_id"):
+        line += f"; logged to MLflow run {result['mlflow_run_id']}"
     typer.echo(line)
 
 

@@ -31,8 +31,12 @@ def load_run(uri: str) -> tuple[RunDir, SweepConfig, dict[str, Any], dict[str, A
     return run_dir, SweepConfig.model_validate(sweep["config"]), sweep, run_dir.read_json(BEST_JSON)
 
 
-def export_best(uri: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str | None = None) -> dict[str, Any]:
+    """``mlflow``: tracking URI to log the exported model to (default: the sweep's ``--mlflow``)."""
     run_dir, config, sweep, best = load_run(uri)
+    mlflow = mlflow or sweep.get("mlflow")
+    if mlflow:
+        _require_mlflow()
     baseline = sweep["baseline"]
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -62,11 +66,46 @@ def export_best(uri: str, out: str | Path, *, force: bool = False) -> dict[str, 
         model.save(str(model_dir))
         trials = run_dir.read_csv(TRIALS) if run_dir.exists(TRIALS) else []
         summary = run_dir.read_json(SUMMARY) if run_dir.exists(SUMMARY) else {}
-        (model_dir / "README.md").write_text(model_card(config, sweep, best, scores, trials, summary))
+        plots = card_plots(uri, model_dir)
+        (model_dir / "README.md").write_text(model_card(config, sweep, best, scores, trials, summary, plots=plots))
         _swap_into_place(model_dir, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"out": str(out), "best": best, "baseline": baseline, "scores": scores}
+    result = {"out": str(out), "best": best, "baseline": baseline, "scores": scores}
+    if mlflow:
+        result["mlflow_run_id"] = log_to_mlflow(mlflow, run_dir, out, best, scores)
+    return result
+
+
+def _require_mlflow() -> None:
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ExportError("logging the export to MLflow needs MLflow: pip install 'stune[mlflow]'") from None
+
+
+def log_to_mlflow(uri: str, run_dir: RunDir, model_dir: Path, best: dict, scores: dict) -> str:
+    """The exported model folder (model card and plots included) as the artifacts of an
+    ``export`` run in the sweep's MLflow experiment (named after the run dir, like its trials)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(run_dir.name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(run_dir.name)
+    run = client.create_run(experiment_id, run_name="export", tags={"stune_run_dir": run_dir.uri, "stune_trial_id": best["trial_id"]})
+    run_id = run.info.run_id
+    try:
+        for key, value in best["config"].items():
+            client.log_param(run_id, key, value)
+        for split in ("eval", "test", "base_test"):
+            if split in scores:
+                client.log_metric(run_id, f"{split}_{OBJECTIVE}", scores[split][OBJECTIVE])
+        client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id)
+    return run_id
 
 
 def _swap_into_place(src: Path, out: Path) -> None:
@@ -84,7 +123,33 @@ def top_trials(trials: list[dict[str, str]], n: int = 10) -> list[dict[str, str]
     return sorted(scored, key=lambda t: float(t[OBJECTIVE]), reverse=True)[:n]
 
 
-def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trials: list[dict], summary: dict) -> str:
+CARD_PLOTS_DIR = "stune_report"
+
+
+def card_plots(uri: str, model_dir: Path) -> list[tuple[str, str]]:
+    """The report's key plots as PNG files in ``model_dir/stune_report/``, for the model card:
+    (title, relative path) each. A plot that fails costs the card its picture, not the export."""
+    import logging
+
+    from tune.report import KEY_PLOTS, PLOTS, load, render_plots
+
+    try:
+        pngs, notes = render_plots(load(uri), KEY_PLOTS)
+    except Exception as exc:
+        logging.getLogger("stune.export").warning("model card without plots: %s: %s", type(exc).__name__, exc)
+        return []
+    folder = model_dir / CARD_PLOTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for name in KEY_PLOTS:
+        if name in pngs and name not in notes:
+            (folder / f"{name}.png").write_bytes(pngs[name])
+            plots.append((PLOTS[name], f"{CARD_PLOTS_DIR}/{name}.png"))
+    return plots
+
+
+def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trials: list[dict], summary: dict,
+               plots: list[tuple[str, str]] = ()) -> str:
     from trainers.model import model_label
 
     params = best["config"]
@@ -155,5 +220,9 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
             f"{float(lr):.2e} | {t.get('per_device_train_batch_size', '')} |" if lr else
             f"| {t['trial_id']} | {t['status']} | {t['loss']} | {float(t[OBJECTIVE]):.4f} | {t.get('best_step', '')} | | |"
         )
+    if plots:  # PNG files shipped beside this card (stune_report/), as `stune report` draws them
+        lines += ["", "## Sweep report", ""]
+        for title, path in plots:
+            lines += [f"![{title}]({path})", "", f"*{title}*", ""]
     lines += ["", "Made with stune: Ray Tune + Optuna + sentence-transformers.", ""]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ to ``summary.json``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -154,7 +155,11 @@ def run_sweep(
             ),
         )
     try:
-        with relocated(sqlite_url(study_path)):  # a resumed searcher opens the study where it is now
+        from tune.progress import quiet_ray
+
+        # relocated: a resumed searcher opens the study where it is now; quiet_ray: without
+        # --verbose, the progress display (on_event) replaces Ray's tables and INFO logs.
+        with relocated(sqlite_url(study_path)), (contextlib.nullcontext() if verbose else quiet_ray()):
             tuner.fit()
     finally:
         disconnect()
