@@ -1,0 +1,49 @@
+"""One real tiny sweep run through the ``stune`` CLI (stderr captured, so not a terminal),
+shared by test_report.py and test_progress.py: whichever module asks first runs it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import yaml
+
+from cli import run_stune
+
+TRIALS = 6
+LOSSES = ["CosineSimilarityLoss", "TripletLoss", "MultipleNegativesRankingLoss"]
+
+_runs: dict[str, tuple[Path, object]] = {}
+
+
+def sweep_config(model: str, data: dict, **extra) -> dict:
+    raw = {
+        "model": model, "data": data, "max_steps": 12, "trials": TRIALS, "max_concurrent_trials": 2, "seed": 3,
+        "search": {"losses": LOSSES, "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+                   "per_device_train_batch_size": [8, 16]},
+    }
+    raw.update(extra)
+    return raw
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def shared_cli_sweep(tmp_path_factory, model: str, data: dict):
+    """(run_dir, CompletedProcess) of ``stune sweep cfg.yaml --out RUN`` (6 trials, 12 steps)."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _runs:
+        root = tmp_path_factory.mktemp("shared-sweep")
+        cfg = write_config(root / "sweep.yaml", sweep_config(model, data))
+        run_dir = root / "run"
+        proc = run_stune("sweep", cfg, "--out", run_dir, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        _runs[key] = (run_dir, proc)
+    return _runs[key]
+
+
+def read_trials(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "trials.csv") as fh:
+        return list(csv.DictReader(fh))

@@ -1,0 +1,189 @@
+"""Seeing a sweep after (or while) it runs: ``stune report``, study.db, warm starts, TensorBoard
+events and the export's model card, all on one real tiny sweep run through the CLI."""
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from cli import run_stune
+from sweep_runs import TRIALS, read_trials, shared_cli_sweep, sweep_config, write_config
+from tune.trainable import OBJECTIVE
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PLOT_NAMES = ["optimization_history", "param_importances", "parallel_coordinate", "spearman_by_loss", "learning_curves", "trial_times"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_model, scored_data):
+    run_dir, _ = shared_cli_sweep(tmp_path_factory, tiny_model, scored_data)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def report(swept, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "out"
+    proc = run_stune("report", swept, "--out", out, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_plot_names_are_the_reports():
+    from tune.report import PLOTS
+
+    assert list(PLOTS) == PLOT_NAMES
+
+
+def test_report_has_each_plot_as_a_real_png(report):
+    out, proc = report
+    for name in PLOT_NAMES:
+        data = (out / f"{name}.png").read_bytes()
+        assert data.startswith(PNG), name
+        assert len(data) > 10_000, (name, len(data))  # a drawn plot, not an empty canvas
+    assert "not drawn" not in proc.stderr  # no placeholder on a finished 6-trial sweep
+
+
+def test_terminal_table_shows_the_best_trial(report, swept):
+    _, proc = report
+    best = json.loads((swept / "summary.json").read_text())["best"]
+    assert "top 6 trials" in proc.stdout
+    assert best["trial_id"] in proc.stdout
+    assert f"{best[OBJECTIVE]:.4f}" in proc.stdout
+    assert "report.html" in proc.stdout
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.tags = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.refs += [value for name, value in attrs if name in ("src", "href", "srcset", "data", "poster", "action") and value]
+
+
+def test_html_opens_offline_and_references_only_local_files(report, swept):
+    out, _ = report
+    text = (out / "report.html").read_text()
+    parser = _Refs()
+    parser.feed(text)
+    assert parser.refs, "the report shows its plots"
+    for ref in parser.refs:
+        if ref.startswith("data:"):
+            assert ref.startswith("data:image/png;base64,"), ref[:40]
+            continue
+        assert "://" not in ref and not ref.startswith("//"), ref  # no CDN, no network
+        assert (out / ref).exists(), ref
+    assert "script" not in parser.tags and "link" not in parser.tags
+    assert "@import" not in text and "url(" not in text
+    images = [r for r in parser.refs if r.startswith("data:image/png")]
+    assert len(images) == len(PLOT_NAMES)
+    best = json.loads((swept / "summary.json").read_text())["best"]
+    assert best["trial_id"] in text
+
+
+def test_study_db_loads_with_optuna_and_holds_every_trial(swept):
+    import optuna
+
+    study = optuna.load_study(study_name=swept.name, storage=f"sqlite:///{swept / 'study.db'}")
+    trials = read_trials(swept)
+    assert len(study.trials) == len(trials) == TRIALS
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert sorted(round(t.value, 5) for t in study.trials) == sorted(round(float(r[OBJECTIVE]), 5) for r in trials)
+    assert {t.params["loss"] for t in study.trials} == {r["loss"] for r in trials}
+
+
+def test_tensorboard_events_per_trial_hold_spearman(swept):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trials = read_trials(swept)
+    for row in trials:
+        folder = swept / f"trial_{row['trial_id']}" / "tensorboard"
+        assert list(folder.glob("events.out.tfevents.*")), folder
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        assert {"eval/spearman_cosine", "train/loss", "train/learning_rate"} <= set(tags), tags
+        scores = events.Scalars("eval/spearman_cosine")
+        assert len(scores) >= 1
+        assert max(s.value for s in scores) == pytest.approx(float(row[OBJECTIVE]), abs=1e-4)
+        if row["status"] == "completed":
+            assert [s.step for s in scores][-1] == int(row["total_steps"])
+
+
+def test_report_works_on_a_running_or_interrupted_sweep(swept, tmp_path):
+    """No summary.json yet, trials still running, a result.json cut mid-line: still a full report."""
+    from tune.report import write_report
+
+    run = tmp_path / swept.name
+    shutil.copytree(swept, run, ignore=shutil.ignore_patterns("best", "report"))
+    (run / "summary.json").unlink()
+    lines = (run / "trials.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    status, seconds = header.index("status"), header.index("seconds")
+    for row in rows[-2:]:
+        row[status], row[seconds] = "running", ""
+    (run / "trials.csv").write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    running = run / f"trial_{rows[-1][0]}" / "result.json"
+    running.write_text(running.read_text() + '{"spearman_cosine": 0.4, "st')
+    result = write_report(str(run), tmp_path / "out")
+    assert result["placeholders"] == {}
+    for name in PLOT_NAMES:
+        assert (tmp_path / "out" / f"{name}.png").read_bytes().startswith(PNG)
+    assert "running or interrupted" in (tmp_path / "out" / "report.html").read_text()
+    assert result["data"].counts()["running"] == 2
+
+
+def test_warm_start_seeds_the_new_searcher_with_the_old_trials(swept, tiny_model, scored_data, tmp_path):
+    import optuna
+
+    from trainers.config import parse_config
+    from tune.config import SweepConfig
+    from tune.rundir import RunDir
+    from tune.space import SearchSpace
+    from tune.study import warm_start_trials
+    from tune.sweep import _searcher
+
+    old = optuna.load_study(study_name=swept.name, storage=f"sqlite:///{swept / 'study.db'}")
+    old_trials = sorted((t.value, sorted(t.params.items())) for t in old.trials)
+
+    # The searcher object a warm-started sweep builds: its Optuna study holds the old trials.
+    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=2))
+    space = SearchSpace(config)
+    seeds, skipped = warm_start_trials(str(swept), space, config)
+    searcher = _searcher(config, space, RunDir.open(str(tmp_path / "unit")), seed_trials=seeds)
+    assert skipped == 0
+    assert sorted((t.value, sorted(t.params.items())) for t in searcher._ot_study.trials) == old_trials
+
+    # End to end: a new (1-trial, 2-step) sweep started from the old one; its study.db has both.
+    cfg = write_config(tmp_path / "warm.yaml", sweep_config(tiny_model, scored_data, trials=1, max_steps=2))
+    run = tmp_path / "warm"
+    proc = run_stune("sweep", cfg, "--out", run, "--warm-start-from", swept, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"starts from {TRIALS} finished trials" in proc.stderr
+    new = optuna.load_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}")
+    seeded = [t for t in new.trials if t.user_attrs.get("warm_start_from") == str(swept)]
+    own = [t for t in new.trials if "warm_start_from" not in t.user_attrs]
+    assert sorted((t.value, sorted(t.params.items())) for t in seeded) == old_trials
+    assert max(t.number for t in seeded) < min(t.number for t in own)  # there before the first proposal
+    assert len(own) == len(read_trials(run)) == 1
+    assert json.loads((run / "sweep.json").read_text())["warm_start_from"] == str(swept)
+
+
+def test_export_card_embeds_the_key_plots_and_top_trials(swept, tmp_path):
+    from tune.export import export_best
+    from tune.report import KEY_PLOTS, PLOTS
+
+    out = tmp_path / "model"
+    export_best(str(swept), out, force=True)
+    card = (out / "README.md").read_text()
+    assert "## Top trials" in card
+    for row in read_trials(swept):
+        assert row["trial_id"] in card
+    for name in KEY_PLOTS:
+        path = f"stune_report/{name}.png"
+        assert f"![{PLOTS[name]}]({path})" in card
+        assert (out / path).read_bytes().startswith(PNG)
