@@ -160,7 +160,12 @@ class AshaConfig(BaseModel):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+DEFAULT_TRIAL_STEPS = 40  # per trial, when the config sets neither max_steps nor num_train_epochs
+
+
 class SweepConfig(TrainConfig):
+    """A train config plus the sweep. Defaults fit the no-config run in about 10 minutes on 2 CPU cores."""
+
     search: SearchConfig = Field(default_factory=SearchConfig)
     trials: int = Field(12, ge=1)
     searcher: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
@@ -174,6 +179,18 @@ class SweepConfig(TrainConfig):
     max_failures: int = Field(2, ge=0)
     time_budget: str | None = None
     startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the space")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trial_length(cls, raw: Any) -> Any:
+        # A trial's length must be fixed for the sweep to be comparable and bounded; one epoch of
+        # an unknown data set is neither, so a sweep without a length gets DEFAULT_TRIAL_STEPS.
+        if not isinstance(raw, dict):
+            return raw
+        searched = raw.get("search") if isinstance(raw.get("search"), dict) else {}
+        if not {"max_steps", "num_train_epochs"} & (set(raw) | set(searched)):
+            raw = {**raw, "max_steps": DEFAULT_TRIAL_STEPS}
+        return raw
 
     @field_validator("time_budget")
     @classmethod
