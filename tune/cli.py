@@ -158,7 +158,9 @@ def sweep(
                     on_event=on_event, warm_start_from=warm_start_from, mlflow=mlflow,
                 )
         except KeyboardInterrupt:
-            typer.echo(f"\ninterrupted; continue with: stune sweep --resume --out {out}", err=True)
+            from tune.faults import resume_hint
+
+            typer.echo(f"\n{resume_hint(out, storage)}", err=True)
             raise typer.Exit(130)
     _print_sweep_summary(summary)
 

@@ -18,12 +18,12 @@ from typing import Any
 from ray.tune import Callback
 
 from tune.rundir import BEST, TRIALS, RunDir
-from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
+from tune.trainable import BEST_OBJECTIVE, ERROR_KEY, FINISHED_NOTE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
 
 BEST_JSON = "best.json"
-FIXED_COLUMNS = ["trial_id", "status", "loss"]
+FIXED_COLUMNS = ["trial_id", "number", "status", "loss"]
 RESULT_COLUMNS = [OBJECTIVE, "best_step", "steps", "total_steps", "node", "seconds", "error"]
 DONE = ("completed", "stopped_early", "errored")
 
@@ -37,6 +37,7 @@ class SweepRecorder(Callback):
         self.best: dict[str, Any] | None = None
         self._pending_best: dict[str, Any] | None = None
         self._started: dict[str, float] = {}
+        self._finished_before: set[str] = set()  # done before a --resume, restarted by Ray's older state
 
     # Ray calls setup() on a fresh run and again after Tuner.restore.
     def setup(self, **info):
@@ -48,13 +49,23 @@ class SweepRecorder(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         row = self._row(trial)
+        if row["status"] in DONE and trial.checkpoint is not None and _mark_finished(trial):
+            # The driver was killed after this trial finished but before Ray saved that: Ray
+            # restores it from its last checkpoint, where the mark makes it end at once. Its
+            # row, score and status stay as they were.
+            self._finished_before.add(trial.trial_id)
+            return
         row["status"] = "running"
+        row["error"] = ""
         self._started[trial.trial_id] = time.monotonic()
         self._emit("start", row)
         self._write()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = self._row(trial)
+        if result.get(ERROR_KEY):  # the trial cannot go on; StopOnTrialError ends it
+            row["error"] = _one_line(str(result[ERROR_KEY]))
+            return
         score = result.get(OBJECTIVE)
         row["steps"] = result.get("step")
         row["total_steps"] = result.get("total_steps")
@@ -81,7 +92,12 @@ class SweepRecorder(Callback):
             return
         if trial.last_result.get("training_iteration") != pending["training_iteration"]:
             return
-        self.run_dir.replace_dir_from(BEST, checkpoint.filesystem, checkpoint.path, skip=_OPTIMIZER_FILES)
+        try:
+            self.run_dir.replace_dir_from(BEST, checkpoint.filesystem, checkpoint.path, skip=_OPTIMIZER_FILES)
+        except OSError as exc:  # e.g. disk full: best/ and best.json still hold the previous best
+            log.warning("could not copy trial %s's checkpoint to %s (%s); the previous best is kept", trial.trial_id, BEST, exc)
+            self._pending_best = None
+            return
         pending["checkpoint"] = self.run_dir.join(BEST)
         self.best = pending
         self._pending_best = None
@@ -90,8 +106,15 @@ class SweepRecorder(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = self._row(trial)
+        if trial.trial_id in self._finished_before:
+            self._finished_before.discard(trial.trial_id)
+            _delete_trial_checkpoints(trial)
+            return
         steps, total = _int(row.get("steps")), _int(row.get("total_steps"))
-        row["status"] = "completed" if steps and total and steps >= total else "stopped_early"
+        if row.get("error"):  # ended by StopOnTrialError
+            row["status"] = "errored"
+        else:
+            row["status"] = "completed" if steps and total and steps >= total else "stopped_early"
         self._finish(trial, row)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -103,6 +126,13 @@ class SweepRecorder(Callback):
     def on_experiment_end(self, trials, **info):
         for trial in trials:  # trials never started (time budget) stay visible as pending
             self._row(trial)
+        known = {trial.trial_id for trial in trials}
+        for row in self.rows.values():
+            if row["status"] in ("running", "pending") and row["trial_id"] not in known:
+                # Started in the last second before the driver was killed, so missing from Ray's
+                # saved state: Ray's searcher made another trial in its place.
+                row["status"] = "errored"
+                row["error"] = "lost: the sweep was killed before Ray saved this trial; another trial replaced it"
         self._write()
 
     # -- helpers
@@ -110,12 +140,18 @@ class SweepRecorder(Callback):
         started = self._started.pop(trial.trial_id, None)
         if started is not None:
             row["seconds"] = round(time.monotonic() - started, 1)
+        # trials.csv first: once it says "done", a --resume after a driver kill ends the trial at
+        # once (on_trial_start) instead of restoring a checkpoint deleted below.
+        self._write()
         _delete_trial_checkpoints(trial)
         self._emit("done", row)
-        self._write()
 
     def _row(self, trial) -> dict[str, Any]:
         row = self.rows.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "status": "pending"})
+        # Ray tags trials "<n>_<params>"; n is the order the searcher proposed them in.
+        number = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+        if number.isdigit():
+            row["number"] = int(number)
         row.update(_params(trial.config))
         return row
 
@@ -156,6 +192,24 @@ def _int(value) -> int | None:
         return int(float(value))
     except (TypeError, ValueError):
         return None
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else "failed")[:300]
+
+
+def _mark_finished(trial) -> bool:
+    """Put FINISHED_NOTE into the trial's last checkpoint folder (made again if it was deleted)."""
+    checkpoint = trial.checkpoint
+    try:
+        checkpoint.filesystem.create_dir(checkpoint.path, recursive=True)
+        with checkpoint.filesystem.open_output_stream(f"{checkpoint.path}/{FINISHED_NOTE}") as out:
+            out.write(b"finished before the sweep was resumed\n")
+        return True
+    except OSError as exc:
+        log.warning("could not mark trial %s as finished (%s); it runs again", trial.trial_id, exc)
+        return False
 
 
 def _error_line(trial) -> str:

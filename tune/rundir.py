@@ -8,6 +8,7 @@ Every file stune writes goes through a temp name and a rename, so readers never 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -58,7 +59,11 @@ class RunDir:
         return f"{scheme}://{posixpath.dirname(self.path)}{query}"
 
     def join(self, *parts: str) -> str:
-        return posixpath.join(self.path, *parts)
+        """A path inside the run directory; names that would lead out of it are refused."""
+        joined = posixpath.normpath(posixpath.join(self.path, *parts)) if parts else self.path
+        if joined != self.path and not joined.startswith(self.path.rstrip("/") + "/"):
+            raise ValueError(f"{'/'.join(parts)!r} is outside the run directory {self.uri}")
+        return joined
 
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.join(*parts)).type != pafs.FileType.NotFound
@@ -108,13 +113,19 @@ class RunDir:
         if not local and self.exists(name):
             self.fs.delete_dir(tmp)
         selector = pafs.FileSelector(src_path, recursive=True)
-        for info in src_fs.get_file_info(selector):
-            if info.type != pafs.FileType.File or info.base_name in skip:
-                continue
-            rel = posixpath.relpath(info.path, src_path)
-            dest = posixpath.join(tmp, rel)
-            self.fs.create_dir(posixpath.dirname(dest), recursive=True)
-            pafs.copy_files(info.path, dest, source_filesystem=src_fs, destination_filesystem=self.fs)
+        try:
+            for info in src_fs.get_file_info(selector):
+                if info.type != pafs.FileType.File or info.base_name in skip:
+                    continue
+                rel = posixpath.relpath(info.path, src_path)
+                dest = posixpath.join(tmp, rel)
+                self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+                pafs.copy_files(info.path, dest, source_filesystem=src_fs, destination_filesystem=self.fs)
+        except Exception:
+            if local:  # a failed copy (disk full...) leaves the old folder as it was, and no temp folder
+                with contextlib.suppress(OSError):
+                    self.fs.delete_dir(tmp)
+            raise
         target = self.join(name)
         if not local:
             return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from typing import Any, Callable
@@ -26,6 +25,9 @@ log = logging.getLogger("stune.sweep")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# A trial that cannot go on reports its error without a score (tune.faults): Ray must not
+# insist on the searcher's metric in that one result.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 class SweepError(StuneError):
@@ -98,6 +100,7 @@ def run_sweep(
         })
     log.info("baseline (untuned %s): eval %s %.4f", config.model or "bundled all-MiniLM-L6-v2", OBJECTIVE, baseline[OBJECTIVE])
 
+    from tune.faults import StopOnTrialError, graceful_ctrl_c
     from tune.recorder import SweepRecorder
     from tune.trainable import pack_model, run_trial
 
@@ -147,7 +150,10 @@ def run_sweep(
                 name=run_dir.name,
                 storage_path=run_dir.storage_path,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Crashes (a killed worker, a lost node) are retried from the last checkpoint;
+                # errors that would only repeat (NaN, out of memory) end the trial at once.
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                stop=StopOnTrialError(),
                 callbacks=[recorder, *_mlflow_callbacks(mlflow, run_dir)],
                 # What a trial writes to its working dir (TensorBoard events) lands in RUN_DIR/trial_<id>/.
                 sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -159,11 +165,14 @@ def run_sweep(
 
         # relocated: a resumed searcher opens the study where it is now; quiet_ray: without
         # --verbose, the progress display (on_event) replaces Ray's tables and INFO logs.
-        with relocated(sqlite_url(study_path)), (contextlib.nullcontext() if verbose else quiet_ray()):
+        with relocated(sqlite_url(study_path)), (contextlib.nullcontext() if verbose else quiet_ray()), \
+                graceful_ctrl_c() as ctrl_c:
             tuner.fit()
     finally:
         disconnect()
         upload_study(force=True)
+    if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
+        raise KeyboardInterrupt
     summary = write_summary(run_dir, config, space, recorder, baseline, seconds=time.time() - started)
     return summary
 
@@ -259,13 +268,12 @@ def _scheduler(config: SweepConfig):
 
 
 def _reattach(tuner, recorder) -> None:
-    """After restore, the pickled recorder comes back without its progress display."""
-    callbacks = tuner._local_tuner._run_config.callbacks or []
-    for callback in callbacks:
-        if type(callback).__name__ == "SweepRecorder":
-            callback.on_event = recorder.on_event
-            recorder.__dict__.update(callback.__dict__)
-            return
+    """After restore, this run's recorder (progress display, the run dir where it is now) takes
+    the place of the pickled one; Ray calls its ``setup``, which reloads trials.csv and best.json,
+    so the summary written after ``fit`` sees every trial, from before and after the restore."""
+    run_config = tuner._local_tuner._run_config
+    callbacks = list(run_config.callbacks or [])
+    run_config.callbacks = [recorder] + [c for c in callbacks if type(c).__name__ != "SweepRecorder"]
 
 
 def write_summary(run_dir: RunDir, config: SweepConfig, space: SearchSpace, recorder, baseline, *, seconds: float) -> dict[str, Any]:
@@ -303,7 +311,3 @@ def sweep(config: SweepConfig | dict | str | None = None, out: str | None = None
 
 def default_run_dir() -> str:
     return os.path.join("runs", time.strftime("sweep-%Y%m%d-%H%M%S"))
-
-
-def is_finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

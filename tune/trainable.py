@@ -17,6 +17,11 @@ from typing import Any
 OBJECTIVE = "spearman_cosine"
 BEST_OBJECTIVE = "best_spearman_cosine"  # the trial's best so far: what ASHA and Optuna rank by
 BEST_NOTE = "stune_best.txt"
+# A trial that cannot go on reports {ERROR_KEY: reason} once, as its last result (tune.faults).
+ERROR_KEY = "stune_error"
+# Written by the recorder into the last checkpoint of a trial that had finished when the driver
+# was killed but that Ray's saved state still lists as running: the resumed trial ends at once.
+FINISHED_NOTE = "stune_finished.txt"
 
 
 def pack_model(path: str) -> tuple[str, bytes]:
@@ -95,12 +100,48 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
     work_dir = Path(tempfile.mkdtemp(prefix="stune-trial-"))
     if checkpoint is not None:
         resume_from = checkpoint.to_directory(str(work_dir / "resume"))
+        if (Path(resume_from) / FINISHED_NOTE).exists() or _at_last_step(resume_from):
+            shutil.rmtree(work_dir, ignore_errors=True)
+            return  # nothing left to train: the trial's last result is the checkpoint's
         note = Path(resume_from) / BEST_NOTE
         best = float(note.read_text()) if note.exists() else best
+    from trainers.errors import StuneError
+
+    error = None
     try:
         fine_tune(
             config, work_dir, splits=splits, on_evaluation=report, resume_from=resume_from, score_base=False,
             evaluations=evaluations, tensorboard_dir=tensorboard_dir(),
         )
+    except StuneError as exc:
+        # NaN/inf loss, collapsed eval, out of memory, data this loss cannot use: deterministic,
+        # so a retry from the last checkpoint would fail the same way. The trial ends here, as
+        # errored, with the reason (tune.faults.StopOnTrialError); crashes still raise and retry.
+        error = str(exc)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    if error is not None:
+        _free_accelerator_memory()  # outside the except block: the traceback no longer holds tensors
+        ray.tune.report({ERROR_KEY: error, "node": node})
+
+
+def _at_last_step(checkpoint_dir: str) -> bool:
+    """A checkpoint of the trial's final step (a worker lost just after its last report)."""
+    import json
+
+    try:
+        state = json.loads((Path(checkpoint_dir) / "trainer_state.json").read_text())
+        return 0 < state["max_steps"] <= state["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _free_accelerator_memory() -> None:
+    """After an out-of-memory error the process may run the next trial (reuse_actors)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
