@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli import run_stune
-from sweep_runs import TRIALS, read_trials, shared_cli_sweep, sweep_config, write_config
+from sweep_runs import TRIALS, read_trials, shared_cli_sweep, sweep_config
 from tune.trainable import OBJECTIVE
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -158,12 +158,12 @@ def test_warm_start_seeds_the_new_searcher_with_the_old_trials(swept, tiny_model
     assert skipped == 0
     assert sorted((t.value, sorted(t.params.items())) for t in searcher._ot_study.trials) == old_trials
 
-    # End to end: a new (1-trial, 2-step) sweep started from the old one; its study.db has both.
-    cfg = write_config(tmp_path / "warm.yaml", sweep_config(tiny_model, scored_data, trials=1, max_steps=2))
+    # End to end (in-process: no second interpreter start-up): a new 1-trial, 2-step sweep
+    # started from the old one; its study.db holds both.
+    from tune.sweep import run_sweep
+
     run = tmp_path / "warm"
-    proc = run_stune("sweep", cfg, "--out", run, "--warm-start-from", swept, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"starts from {TRIALS} finished trials" in proc.stderr
+    run_sweep(parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=1, max_steps=2)), str(run), warm_start_from=str(swept))
     new = optuna.load_study(study_name=run.name, storage=f"sqlite:///{run / 'study.db'}")
     seeded = [t for t in new.trials if t.user_attrs.get("warm_start_from") == str(swept)]
     own = [t for t in new.trials if "warm_start_from" not in t.user_attrs]

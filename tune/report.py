@@ -48,6 +48,7 @@ PLOTS = {
 }
 KEY_PLOTS = ("optimization_history", "spearman_by_loss", "learning_curves", "param_importances")  # model card
 REPORT_HTML = "report.html"
+OVERVIEW = "overview.png"  # every plot on one page (the README's picture of a report)
 TOP_CURVES = 5
 STATUS_COLORS = {"completed": "#2b8a3e", "stopped_early": "#e8a33d", "errored": "#c92a2a", "running": "#1c7ed6", "pending": "#868e96"}
 
@@ -309,7 +310,7 @@ def plot_param_importances(data: RunData):
 
     study = _short_study(_optuna_study(data, 2))
     ax = plot_param_importances(study, target_name=OBJECTIVE)
-    ax.figure.suptitle("")
+    ax.set_title("", loc="left")  # optuna's own title
     ax.set_title(PLOTS["param_importances"] + " (fANOVA; few trials: a rough guide)")
     return ax.figure
 
@@ -428,6 +429,27 @@ def render_plots(data: RunData, names=tuple(PLOTS)) -> tuple[dict[str, bytes], d
             _pyplot().close("all")
             pngs[name] = _placeholder(PLOTS[name], notes[name])
     return pngs, notes
+
+
+def overview_png(data: RunData, pngs: dict[str, bytes]) -> bytes:
+    """All plots on one page under the headline: ``overview.png``, a picture of the report."""
+    import matplotlib.image as mpimg
+
+    plt = _pyplot()
+    names = [n for n in PLOTS if n in pngs]
+    cols = 2
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(16, 5.2 * rows + 1.2))
+    for ax in getattr(axes, "flat", [axes]):
+        ax.axis("off")
+    for ax, name in zip(getattr(axes, "flat", [axes]), names):
+        ax.imshow(mpimg.imread(io.BytesIO(pngs[name]), format="png"))
+    fig.suptitle("stune report: " + "\n".join(headline(data)), fontsize=13, x=0.02, ha="left", y=0.995, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 1.1 / (5.2 * rows + 1.2)))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 # -- tables
@@ -597,6 +619,7 @@ def write_report(uri: str, out: str | os.PathLike | None = None, *, top: int = 1
     files = {}
     for plot, png in pngs.items():
         files[plot] = str(_write_atomic(out / f"{plot}.png", png))
+    files["overview"] = str(_write_atomic(out / OVERVIEW, overview_png(data, pngs)))
     files["html"] = str(_write_atomic(out / REPORT_HTML, render_html(data, pngs, notes, top).encode()))
     return {"data": data, "out": str(out), "files": files, "placeholders": notes}
 
