@@ -28,7 +28,6 @@ from tune.trainable import OBJECTIVE
 
 DONE = ("completed", "stopped_early", "errored")
 _TERSE = {"learning_rate": "lr", "per_device_train_batch_size": "batch", "warmup_ratio": "warmup", "weight_decay": "wd"}
-_NOT_PARAMS = {"trial_id", "status", "loss", OBJECTIVE, "best_step", "steps", "total_steps", "node", "seconds", "error", "last_score"}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -41,7 +40,10 @@ def format_duration(seconds: float | None) -> str:
 
 def format_params(params: dict[str, Any]) -> str:
     """``lr=3.3e-04 batch=8 warmup=0.14 margin=1.13``: training hyperparameters first."""
-    keys = sorted((k for k, v in params.items() if k not in _NOT_PARAMS and v not in (None, "")), key=lambda k: (k not in _TERSE, k))
+    from tune.recorder import FIXED_COLUMNS, RESULT_COLUMNS
+
+    skip = {*FIXED_COLUMNS, *RESULT_COLUMNS, "last_score"}
+    keys = sorted((k for k, v in params.items() if k not in skip and v not in (None, "")), key=lambda k: (k not in _TERSE, k))
     return " ".join(f"{_TERSE.get(k, k)}={_short(params[k])}" for k in keys)
 
 

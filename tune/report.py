@@ -53,9 +53,13 @@ TOP_CURVES = 5
 STATUS_COLORS = {"completed": "#2b8a3e", "stopped_early": "#e8a33d", "errored": "#c92a2a", "running": "#1c7ed6", "pending": "#868e96"}
 
 
-# trials.csv columns that are not hyperparameters (tune.recorder's FIXED_COLUMNS + RESULT_COLUMNS,
-# restated so that reading a report does not import Ray)
-_NOT_PARAMS = {"trial_id", "status", OBJECTIVE, "best_step", "steps", "total_steps", "node", "seconds", "error"}
+
+
+def _not_params() -> set[str]:
+    """trials.csv columns that are not hyperparameters (``loss`` is one, shown apart)."""
+    from tune.recorder import FIXED_COLUMNS, RESULT_COLUMNS
+
+    return (set(FIXED_COLUMNS) | set(RESULT_COLUMNS)) - {"loss"}
 
 
 class ReportError(StuneError):
@@ -95,9 +99,10 @@ class RunData:
     def params(self) -> list[str]:
         """Hyperparameter columns of trials.csv (loss first)."""
         seen: list[str] = []
+        not_params = _not_params()
         for t in self.trials:
             for k in t:
-                if k not in seen and k not in _NOT_PARAMS:
+                if k not in seen and k not in not_params:
                     seen.append(k)
         return sorted(seen)
 
@@ -589,7 +594,7 @@ def render_html(data: RunData, pngs: dict[str, bytes], notes: dict[str, str], to
     if errored:
         parts.append("<h2>Errored trials</h2>")
         parts.append(_html_table(["trial_id", "loss", "error"], [[t["trial_id"], t["loss"] or "", t.get("error") or ""] for t in errored]))
-    all_header = ["trial_id", "status", "loss", OBJECTIVE, "best_step", "steps", *[p for p in data.params() if p != "loss"], "seconds"]
+    all_header = ["trial_id", *(["number"] if any(t.get("number") is not None for t in data.trials) else []), "status", "loss", OBJECTIVE, "best_step", "steps", *[p for p in data.params() if p != "loss"], "seconds"]
     parts.append(f"<h2>All trials ({len(data.trials)})</h2>")
     parts.append(_html_table(all_header, [[_fmt(t.get(k), k) for k in all_header] for t in data.trials]))
     config = data.sweep.get("space") or {}
