@@ -125,7 +125,7 @@ def load(uri: str) -> RunData:
     summary = _read_json(run_dir, SUMMARY)
     trials = [_typed(row) for row in run_dir.read_csv(TRIALS)] if run_dir.exists(TRIALS) else []
     curves = _read_curves(run_dir)
-    study, seeded = _read_study(run_dir)
+    study, seeded = _read_study(run_dir, trials)
     for t in trials:  # a running or interrupted trial has no seconds yet: Ray's own clock
         if t.get("seconds") is None and curves.get(t["trial_id"]):
             t["seconds"] = _number(curves[t["trial_id"]][-1].get("time_total_s"))
@@ -187,9 +187,10 @@ def _read_curves(run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:
     return curves
 
 
-def _read_study(run_dir: RunDir):
+def _read_study(run_dir: RunDir, rows: list[dict[str, Any]] = ()):
     """The sweep's Optuna study copied into memory (so the sweep may keep writing study.db), and
-    the number of warm-start trials left out of it."""
+    the number of warm-start trials left out of it. Trials still running (or cut off by an
+    interruption) count with their best score so far, from their trials.csv row."""
     import optuna
 
     from tune.study import WARM_START_ATTR, StudyError, load_study, local_copy
@@ -212,7 +213,30 @@ def _read_study(run_dir: RunDir):
             continue
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
             study.add_trial(trial)
+        elif trial.state == optuna.trial.TrialState.RUNNING:
+            row = _row_of(trial.params, rows)
+            if row is not None:
+                study.add_trial(optuna.trial.create_trial(
+                    params=trial.params, distributions=trial.distributions, value=row[OBJECTIVE], user_attrs={"running": True},
+                ))
     return study, seeded
+
+
+def _row_of(params: dict[str, Any], rows) -> dict[str, Any] | None:
+    """The scored trials.csv row whose hyperparameters are these Optuna params
+    (``TripletLoss.margin`` is the ``margin`` column)."""
+
+    def same(a, b) -> bool:
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+        return str(a) == str(b)
+
+    for row in rows:
+        if row.get(OBJECTIVE) is None:
+            continue
+        if all(same(value, row.get(key.split(".", 1)[1] if "." in key else key)) for key, value in params.items()):
+            return row
+    return None
 
 
 # -- plots
