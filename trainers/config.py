@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from trainers.errors import ConfigError
 from trainers.losses import get_loss
@@ -80,7 +80,8 @@ class DataConfig(_Strict):
 
 class TrainConfig(_Strict):
     model: str | None = None
-    trust_remote_code: bool = False
+    # Runs code shipped with the model: only when a config says `trust_remote_code: true` (a YAML boolean, not a string).
+    trust_remote_code: StrictBool = False
     loss: LossConfig = Field(default_factory=LossConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     learning_rate: float = Field(2.0e-5, gt=0, le=1)

@@ -118,6 +118,8 @@ def fine_tune(
         save_steps=eval_steps,
         save_total_limit=1,
         logging_steps=max(1, min(eval_steps, 10)),
+        # Hugging Face leaves NaN/inf losses out of the logged average by default: _Watcher must see them.
+        logging_nan_inf_filter=False,
         report_to="none",
         disable_tqdm=not verbose,
         # In-batch-negative losses must not see the same text twice in a batch.
@@ -186,9 +188,14 @@ def _has_cuda() -> bool:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA/MPS out of memory, and on CPU a refused allocation ("DefaultCPUAllocator: can't
+    allocate memory: you tried to allocate ... bytes")."""
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
 class _Watcher(TrainerCallback):
@@ -206,7 +213,7 @@ class _Watcher(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise TrainingError(f"training loss became {loss} at step {state.global_step}; lower learning_rate")
+            raise TrainingError(f"training loss became {loss} at step {state.global_step}; lower learning_rate (or weight_decay)")
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:

@@ -257,7 +257,23 @@ _mount_cluster()
 
 
 def main() -> None:
-    app()
+    try:
+        from typer._click import exceptions as click_errors  # typer vendors click
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions as click_errors
+
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # bare `stune` / `stune cluster`: the help
+        typer.echo(exc.format_message())
+        sys.exit(2)
+    except click_errors.UsageError as exc:  # a mistyped option or value: one line, like every other bad input
+        where = f"; see '{exc.ctx.command_path} --help'" if exc.ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a sweep (a sweep says how to resume itself)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
