@@ -83,8 +83,13 @@ class RunDir:
         self.fs.create_dir(self.path, recursive=True)
         target = self.join(name)
         tmp = self.join(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+        except Exception:  # disk full...: the previous file stays as it was, no half-written temp is left
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise
         self.fs.move(tmp, target)  # atomic on local disks; a single PUT on object stores
 
     def write_json(self, name: str, payload: Any) -> None:
