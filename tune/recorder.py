@@ -10,6 +10,7 @@ Its state is rebuilt from the run directory in ``setup``, so it survives ``--res
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from ray.tune import Callback
 
 from tune.rundir import BEST, TRIALS, RunDir
-from tune.trainable import BEST_OBJECTIVE, ERROR_KEY, FINISHED_NOTE, OBJECTIVE
+from tune.trainable import BEST_OBJECTIVE, ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
 
@@ -35,7 +36,6 @@ class SweepRecorder(Callback):
         self.on_event = on_event  # progress display: on_event(kind, row, recorder)
         self.rows: dict[str, dict[str, Any]] = {}
         self.best: dict[str, Any] | None = None
-        self._pending_best: dict[str, Any] | None = None
         self._started: dict[str, float] = {}
         self._finished_before: set[str] = set()  # done before a --resume, restarted by Ray's older state
 
@@ -75,32 +75,35 @@ class SweepRecorder(Callback):
         if not row.get(OBJECTIVE) or score > float(row[OBJECTIVE]):
             row[OBJECTIVE] = round(score, 6)
             row["best_step"] = result.get("step")
-        if self.best is None or score > self.best[OBJECTIVE]:
-            self._pending_best = {
-                "trial_id": trial.trial_id,
-                OBJECTIVE: score,
-                "pearson_cosine": result.get("pearson_cosine"),
-                "step": result.get("step"),
-                "training_iteration": result.get("training_iteration"),
-                "config": _params(trial.config),
-            }
         self._emit("result", {**row, "last_score": score})  # last_score: for the live display, not trials.csv
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        pending = self._pending_best
-        if not pending or pending["trial_id"] != trial.trial_id:
+        # Each checkpoint names the evaluation it was saved at, so the best is decided from the
+        # checkpoint itself, whatever order Ray delivers results and checkpoints in.
+        try:
+            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{EVAL_NOTE}") as src:
+                evaluation = json.loads(src.read())
+        except (OSError, ValueError):
             return
-        if trial.last_result.get("training_iteration") != pending["training_iteration"]:
+        score = evaluation.get(OBJECTIVE)
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
             return
+        if self.best is not None and score <= self.best[OBJECTIVE]:
+            return
+        pending = {
+            "trial_id": trial.trial_id,
+            OBJECTIVE: score,
+            "pearson_cosine": evaluation.get("pearson_cosine"),
+            "step": evaluation.get("step"),
+            "config": _params(trial.config),
+        }
         try:
             self.run_dir.replace_dir_from(BEST, checkpoint.filesystem, checkpoint.path, skip=_OPTIMIZER_FILES)
         except OSError as exc:  # e.g. disk full: best/ and best.json still hold the previous best
             log.warning("could not copy trial %s's checkpoint to %s (%s); the previous best is kept", trial.trial_id, BEST, exc)
-            self._pending_best = None
             return
         pending["checkpoint"] = self.run_dir.join(BEST)
         self.best = pending
-        self._pending_best = None
         self.run_dir.write_json(BEST_JSON, self.best)
         self._emit("best", self.rows[trial.trial_id])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 OBJECTIVE = "spearman_cosine"
 BEST_OBJECTIVE = "best_spearman_cosine"  # the trial's best so far: what ASHA and Optuna rank by
 BEST_NOTE = "stune_best.txt"
+EVAL_NOTE = "stune_eval.json"  # the evaluation a checkpoint belongs to, read by the driver's recorder
 # A trial that cannot go on reports {ERROR_KEY: reason} once, as its last result (tune.faults).
 ERROR_KEY = "stune_error"
 # Written by the recorder into the last checkpoint of a trial that had finished when the driver
@@ -83,6 +85,7 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
         best = max(best, evaluation.metrics[OBJECTIVE])
         # The trial's best-so-far travels inside its checkpoint, so a resumed trial keeps it.
         (Path(evaluation.checkpoint) / BEST_NOTE).write_text(repr(best))
+        (Path(evaluation.checkpoint) / EVAL_NOTE).write_text(json.dumps({**evaluation.metrics, "step": evaluation.step}))
         metrics = {
             **evaluation.metrics,
             BEST_OBJECTIVE: best,
