@@ -15,6 +15,8 @@ import typer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+DEFAULT_TIME_BUDGET = "8m"
+
 app = typer.Typer(
     help="Hyperparameter search and training for sentence-embedding models (Ray Tune + Optuna + sentence-transformers).",
     no_args_is_help=True,
@@ -142,6 +144,8 @@ def sweep(
         if resume and not out:
             raise ConfigError("--resume needs --out RUN_DIR: the run directory of the sweep to continue")
         splits = _data_folder(data) if data else {}
+        if config is None and time_budget is None and not resume:
+            time_budget = DEFAULT_TIME_BUDGET  # the no-config sweep must end in ~10 minutes on 2 CPU cores
         cfg = load_sweep_config(config, model=model, trials=trials, seed=seed, time_budget=time_budget, **splits)
         from tune.sweep import default_run_dir, run_sweep
 

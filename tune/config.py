@@ -47,7 +47,7 @@ Dimension = Union[Range, Choice, float, int, str]
 # Training hyperparameters the search may vary, with the default space of a sweep.
 TRAINING_DIMENSIONS: dict[str, Dimension] = {
     "learning_rate": Range(low=5e-6, high=2e-4, log=True),
-    "per_device_train_batch_size": [16, 32, 64],
+    "per_device_train_batch_size": [16, 32],
     "warmup_ratio": Range(low=0.0, high=0.2),
 }
 OPTIONAL_DIMENSIONS = ("num_train_epochs", "max_steps", "weight_decay", "lr_scheduler_type", "max_seq_length")
@@ -160,21 +160,21 @@ class AshaConfig(BaseModel):
     reduction_factor: float = Field(2.0, gt=1)
 
 
-DEFAULT_TRIAL_STEPS = 40  # per trial, when the config sets neither max_steps nor num_train_epochs
+DEFAULT_TRIAL_STEPS = 30  # per trial, when the config sets neither max_steps nor num_train_epochs
 
 
 class SweepConfig(TrainConfig):
     """A train config plus the sweep. Defaults fit the no-config run in about 10 minutes on 2 CPU cores."""
 
     search: SearchConfig = Field(default_factory=SearchConfig)
-    trials: int = Field(12, ge=1)
+    trials: int = Field(10, ge=1)
     searcher: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
     scheduler: Literal["asha", "none"] = "asha"
     asha: AshaConfig = Field(default_factory=AshaConfig)
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float | None = Field(None, ge=0, description="None: 1 when the cluster has GPUs, else 0")
-    evaluations_per_trial: int = Field(4, ge=1, description="eval_steps = steps / this, unless eval_steps is set")
+    evaluations_per_trial: int = Field(3, ge=1, description="eval_steps = steps / this, unless eval_steps is set")
     initial_points: list[dict[str, Any]] = Field(default_factory=list)
     max_failures: int = Field(2, ge=0)
     time_budget: str | None = None
