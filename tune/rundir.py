@@ -113,6 +113,7 @@ class RunDir:
     def replace_dir_from(self, name: str, src_fs, src_path: str, skip: tuple[str, ...] = ()) -> None:
         """Copy a folder into ``name`` via a temp folder, then swap it in. Object stores have no
         folder rename: there the old copy is replaced file by file."""
+        self.join(name)  # refuses a name outside the run directory before anything is copied
         local = self.is_local
         tmp = self.join(f".{name}.{uuid.uuid4().hex[:8]}.tmp") if local else self.join(name)
         if not local and self.exists(name):

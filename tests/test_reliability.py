@@ -1,0 +1,630 @@
+"""Reliability (docs/reliability.md): the faults a sweep survives, each caused for real.
+
+Two real ``stune sweep`` runs, each a subprocess in its own session so that every Ray process it
+starts shares the session id and can be found and killed afterwards, also when a test fails:
+
+- FAULTS, 4 trials in a row on a tiny MPNet (whose attention memory grows with batch x seq^2,
+  like all-mpnet-base-v2's): the 1st trial's worker process is SIGKILLed right after its first
+  checkpoint; the 2nd has an absurd learning rate and weight decay (its loss becomes NaN); the
+  3rd a batch and sequence length whose attention needs twice this machine's RAM (the allocation
+  really fails); ``ss -ltnp`` is read while the 1st trains.
+- LONG, 50 two-step trials (TPE, two at a time): Ctrl-C (SIGINT to the process group, as a
+  terminal sends it) after 8, ``--resume``, SIGKILL of the driver after 25, ``--resume`` again;
+  checkpoint folders are counted all along.
+
+The rest are quick: failed writes (a real EFBIG from RLIMIT_FSIZE), run-dir paths, safe YAML,
+trust_remote_code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from cli import STUNE, run_stune
+from cluster_helpers import is_loopback_listener, listeners
+from tiny import scored_pairs, words, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+_SCRUB = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+DONE = ("completed", "stopped_early", "errored")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class SweepProcess:
+    """``stune sweep ARGS`` started in a new session: the driver, Ray's GCS, raylet, agents and
+    workers all carry its session id (= the driver's pid), even after the driver is gone."""
+
+    def __init__(self, cwd: Path, name: str, *args):
+        self.name = name
+        self.raytmp = Path(tempfile.mkdtemp(prefix="srl-", dir="/tmp"))  # short: Ray's socket paths live here
+        self.stdout_path, self.stderr_path = cwd / f"{name}.stdout", cwd / f"{name}.stderr"
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        env.update(HF_HUB_OFFLINE="1", RAY_TMPDIR=str(self.raytmp), RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [STUNE, "sweep", *map(str, args)], cwd=cwd, env=env, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.sid = self.proc.pid
+
+    def processes(self) -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["status"]):
+            try:
+                if os.getsid(p.pid) == self.sid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except (psutil.Error, OSError):
+                continue
+        return found
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def tail(self) -> str:
+        return f"--- {self.name} stdout ---\n{self.stdout()[-2000:]}\n--- {self.name} stderr ---\n{self.stderr()[-5000:]}"
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} still running after {timeout} s\n{self.tail()}") from None
+
+    def wait_session_gone(self, timeout: float) -> list[str]:
+        """Names of the session's processes still alive after ``timeout`` s (none is the goal)."""
+        deadline = time.time() + timeout
+        while (left := self.processes()) and time.time() < deadline:
+            time.sleep(0.2)
+        return sorted(_name(p) for p in left)
+
+    def kill_all(self) -> list[str]:
+        """SIGKILL every process of the session (the driver included); returns what was alive."""
+        killed: list[str] = []
+        for _ in range(20):
+            procs = self.processes()
+            if not procs:
+                break
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    killed.append(_name(p))
+                    p.kill()
+            psutil.wait_procs(procs, timeout=3)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        shutil.rmtree(self.raytmp, ignore_errors=True)
+        return killed
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return "?"
+
+
+@pytest.fixture(scope="module")
+def start_sweep():
+    """``start_sweep(cwd, name, *args)``; everything started is killed at the end, also on failure."""
+    started: list[SweepProcess] = []
+
+    def start(cwd: Path, name: str, *args) -> SweepProcess:
+        sweep = SweepProcess(cwd, name, *args)
+        started.append(sweep)
+        return sweep
+
+    yield start
+    for sweep in started:
+        sweep.kill_all()
+
+
+def wait_until(condition, sweep: SweepProcess, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        if sweep.proc.poll() is not None:
+            value = condition()
+            if value:
+                return value
+            raise AssertionError(f"{sweep.name} exited ({sweep.proc.returncode}) before {what}\n{sweep.tail()}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{sweep.tail()}")
+
+
+def read_trials(run: Path) -> list[dict[str, str]]:
+    try:
+        with open(run / "trials.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+    except FileNotFoundError:
+        return []
+
+
+def done(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [r for r in rows if r["status"] in DONE]
+
+
+def results(run: Path, trial_id: str) -> list[dict]:
+    path = run / f"trial_{trial_id}" / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def checkpoint_dirs(run: Path) -> list[Path]:
+    return [p for p in run.glob("trial_*/checkpoint_*") if p.is_dir()]
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# --------------------------------------------------------------------------- FAULTS sweep
+
+OOM_SEQ, OOM_HEADS = 4096, 16  # attention scores per row: heads x seq^2 floats (1 GiB)
+VICTIM_LR, NAN_LR, NORMAL_LR = 1.0e-3, 1.0, 3.0e-3
+
+
+def make_mpnet(path: Path, max_len: int, heads: int) -> Path:
+    """A tiny MPNet SentenceTransformer (MPNet computes attention with plain matmuls: its memory
+    grows with batch x heads x seq^2, as all-mpnet-base-v2's does)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizer
+
+    torch.manual_seed(0)
+    raw = path.parent / (path.name + "-hf")
+    raw.mkdir(parents=True, exist_ok=True)
+    vocab = raw / "vocab.txt"
+    vocab.write_text("\n".join(["<s>", "<pad>", "</s>", "[UNK]", "<mask>", *words()]) + "\n")
+    tokenizer = MPNetTokenizer(vocab=str(vocab))
+    config = MPNetConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=64,
+        max_position_embeddings=max_len + 2, pad_token_id=tokenizer.pad_token_id,
+    )
+    MPNetModel(config).save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    transformer = Transformer(str(raw), max_seq_length=128)
+    SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")]).save(str(path))
+    return path
+
+
+def oom_batch(seq: int, heads: int) -> int:
+    """Rows per batch whose attention scores alone need twice this machine's RAM + swap: under
+    Linux's default overcommit heuristic that allocation is refused at once (ENOMEM)."""
+    total = psutil.virtual_memory().total + psutil.swap_memory().total
+    return max(8, math.ceil(2 * total / (heads * seq * seq * 4)))
+
+
+@pytest.fixture(scope="module")
+def faults(start_sweep, scored_data, tmp_path_factory):
+    overcommit = Path("/proc/sys/vm/overcommit_memory")
+    if overcommit.exists() and overcommit.read_text().strip() == "1":
+        pytest.skip("vm.overcommit_memory=1: an oversized allocation would succeed and wake the OOM killer instead of failing")
+    batch = oom_batch(OOM_SEQ, OOM_HEADS)
+    if batch > 160:
+        pytest.skip(f"this machine's RAM needs a batch of {batch} long rows to run out of memory; too slow for a test")
+    root = tmp_path_factory.mktemp("faults")
+    model = make_mpnet(root / "mpnet", OOM_SEQ, OOM_HEADS)
+    rng = random.Random(0)
+    vocab = words()
+    long_text = lambda: " ".join(rng.choice(vocab) for _ in range(OOM_SEQ - 40))  # noqa: E731
+    train = write_csv(root / "train.csv", ["sentence1", "sentence2", "score"],
+                      scored_pairs(96, seed=1) + [(long_text(), long_text(), rng.choice([0.0, 0.5, 1.0])) for _ in range(batch)])
+    normal = {"weight_decay": 0.0, "per_device_train_batch_size": 8, "max_seq_length": 32}
+    config = {
+        "model": str(model), "data": {"train": str(train), "eval": scored_data["eval"]}, "loss": "CoSENTLoss",
+        "max_steps": 24, "evaluations_per_trial": 3, "max_seq_length": 32, "trials": 4, "max_concurrent_trials": 1,
+        "scheduler": "none", "searcher": "random", "seed": 1, "max_failures": 2,
+        "search": {
+            "losses": ["CoSENTLoss"], "CoSENTLoss": {"scale": 20.0}, "warmup_ratio": 0.0,
+            "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "weight_decay": {"low": 0.0, "high": 0.01},
+            "per_device_train_batch_size": {"low": 8, "high": 16}, "max_seq_length": {"low": 32, "high": 64},
+        },
+        # Points outside the search ranges are taken as given (Optuna warns): one trial per fault.
+        "initial_points": [
+            {"learning_rate": VICTIM_LR, **normal},
+            {**normal, "learning_rate": NAN_LR, "weight_decay": 1.0e30},
+            {"learning_rate": VICTIM_LR, "weight_decay": 0.0, "per_device_train_batch_size": batch, "max_seq_length": OOM_SEQ},
+            {"learning_rate": NORMAL_LR, **normal},
+        ],
+    }
+    run = root / "run"
+    sweep = start_sweep(root, "faults", write_config(root / "faults.yaml", config), "--out", run)
+
+    def victim_first_result():
+        for path in run.glob("trial_*/result.json"):
+            lines = path.read_text().splitlines()
+            if lines and json.loads(lines[0])["config"].get("learning_rate") == VICTIM_LR \
+                    and json.loads(lines[0])["config"].get("max_seq_length") == 32:
+                return json.loads(lines[0])
+        return None
+
+    first = wait_until(victim_first_result, sweep, 600, "the first trial's first evaluation")
+    pids = {p.pid for p in sweep.processes()}
+    listening = listeners(pids)  # ss -ltnpH while the trial trains
+    os.kill(first["pid"], signal.SIGKILL)  # the trial's worker process, mid-training
+    killed_at = time.time()
+    rc = sweep.wait(600)
+    return {
+        "run": run, "sweep": sweep, "rc": rc, "batch": batch, "victim": first, "killed_at": killed_at,
+        "listening": listening, "pids": pids, "rows": {r["trial_id"]: r for r in read_trials(run)},
+        "summary": json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None,
+        "left_after_exit": sweep.wait_session_gone(20),
+    }
+
+
+def trial_with_lr(faults, lr: float, **match) -> dict[str, str]:
+    rows = [r for r in faults["rows"].values() if float(r["learning_rate"]) == lr
+            and all(int(float(r[k])) == v for k, v in match.items())]
+    assert len(rows) == 1, (lr, match, faults["rows"])
+    return rows[0]
+
+
+@pytest.mark.slow
+def test_faulty_sweep_finishes_and_cleans_up(faults):
+    sweep = faults["sweep"]
+    assert faults["rc"] == 0, sweep.tail()
+    assert "Traceback" not in sweep.stderr(), sweep.tail()
+    assert faults["left_after_exit"] == [], faults["left_after_exit"]
+    counts = faults["summary"]["counts"]
+    assert (counts["completed"], counts["errored"], counts["running"], counts["pending"]) == (2, 2, 0, 0), counts
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_resumes_from_its_last_checkpoint(faults):
+    run, victim = faults["run"], faults["victim"]
+    row = faults["rows"][victim["trial_id"]]
+    assert row["status"] == "completed" and row["steps"] == row["total_steps"] == "24", row
+    reported = results(run, victim["trial_id"])
+    steps = [r["step"] for r in reported]
+    # Killed after the step-8 checkpoint: the new worker went on from step 8, it did not start over.
+    assert steps == [8, 16, 24], steps
+    assert len({r["pid"] for r in reported}) == 2, "the trial should have finished in a new worker process"
+    assert victim["pid"] not in {r["pid"] for r in reported[1:]}
+    error_file = run / f"trial_{victim['trial_id']}" / "error.txt"
+    assert error_file.exists() and "Failure # 1" in error_file.read_text(), "Ray saw the crash and retried the trial"
+    assert not psutil.pid_exists(victim["pid"]) or psutil.Process(victim["pid"]).status() == psutil.STATUS_ZOMBIE
+    # No completed trial is lost and the best is still the true best, over every report of every trial.
+    best = faults["summary"]["best"]
+    every_report = [r["spearman_cosine"] for tid in faults["rows"] for r in results(run, tid) if "spearman_cosine" in r]
+    assert best["spearman_cosine"] == pytest.approx(max(every_report), abs=1e-9)
+    assert best["trial_id"] in {t for t, r in faults["rows"].items() if r["status"] == "completed"}
+
+
+@pytest.mark.slow
+def test_nan_loss_ends_only_that_trial_at_once_and_never_becomes_best(faults):
+    run = faults["run"]
+    row = trial_with_lr(faults, NAN_LR)
+    assert row["status"] == "errored", row
+    assert "nan" in row["error"].lower() and "lower learning_rate" in row["error"], row["error"]
+    assert row["spearman_cosine"] == "", "a NaN trial has no score"
+    # Ended at once: one attempt, Ray never saw an exception (no error.txt, so no retry), one report (the error).
+    assert not (run / f"trial_{row['trial_id']}" / "error.txt").exists()
+    assert [list(r) for r in results(run, row["trial_id"]) if "stune_error" in r] and len(results(run, row["trial_id"])) == 1
+    assert faults["summary"]["best"]["trial_id"] != row["trial_id"]
+    assert math.isfinite(faults["summary"]["best"]["spearman_cosine"])
+    # the sweep went on: the trial after it completed
+    assert trial_with_lr(faults, NORMAL_LR)["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_out_of_memory_is_that_trials_error_with_a_hint(faults):
+    run, batch = faults["run"], faults["batch"]
+    row = trial_with_lr(faults, VICTIM_LR, per_device_train_batch_size=batch)
+    assert row["status"] == "errored", row
+    assert f"out of memory at per_device_train_batch_size={batch}" in row["error"], row["error"]
+    assert "lower it" in row["error"], row["error"]
+    assert not (run / f"trial_{row['trial_id']}" / "error.txt").exists(), "an out-of-memory trial is not retried"
+    assert len(results(run, row["trial_id"])) == 1
+
+
+@pytest.mark.slow
+def test_in_process_sweep_listens_on_loopback_only(faults):
+    rows = faults["listening"]
+    assert rows, f"no TCP listener found for the sweep's processes {sorted(faults['pids'])}"
+    outside = [(addr, pid) for addr, pid in rows if not is_loopback_listener(addr)]
+    assert not outside, f"listening beyond loopback: {outside}"
+    assert "loopback only" in faults["sweep"].stderr()
+
+
+# --------------------------------------------------------------------------- LONG sweep
+
+LONG_TRIALS, LONG_CONCURRENCY = 50, 2
+
+
+@pytest.fixture(scope="module")
+def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    config = {
+        "model": tiny_model, "data": scored_data, "loss": "CoSENTLoss", "max_steps": 2, "evaluations_per_trial": 1,
+        "trials": LONG_TRIALS, "max_concurrent_trials": LONG_CONCURRENCY, "scheduler": "none", "searcher": "tpe",
+        "startup_trials": 5, "seed": 7,
+        "search": {"losses": ["CoSENTLoss"], "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+                   "per_device_train_batch_size": [8]},
+    }
+    cfg = write_config(root / "long.yaml", config)
+    run = root / "run"
+    samples: list[int] = []
+
+    def finished(n: int):
+        def check():
+            samples.append(len(checkpoint_dirs(run)))
+            return len(done(read_trials(run))) >= n
+        return check
+
+    obs: dict = {"run": run, "samples": samples}
+    # 1. Ctrl-C after 8 finished trials: SIGINT to the process group, as a terminal sends it.
+    first = start_sweep(root, "long-1", cfg, "--out", run)
+    wait_until(finished(8), first, 600, "8 finished trials")
+    os.killpg(first.sid, signal.SIGINT)
+    interrupted_at = time.time()
+    obs["ctrl_c"] = {
+        "rc": first.wait(180), "seconds": time.time() - interrupted_at, "stderr": first.stderr(),
+        "left": first.wait_session_gone(20), "summary": (run / "summary.json").exists(), "rows": read_trials(run),
+    }
+    first.kill_all()
+    # 2. --resume; SIGKILL the driver as soon as 25 trials are done.
+    second = start_sweep(root, "long-2", "--resume", "--out", run)
+    wait_until(finished(25), second, 600, "25 finished trials")
+    os.kill(second.sid, signal.SIGKILL)
+    second.wait(30)
+    obs["killed"] = {"rows": read_trials(run)}
+    obs["killed"]["left"] = second.kill_all()  # Ray processes the dead driver left behind, now killed
+    obs["killed"]["left_after_cleanup"] = [_name(p) for p in second.processes()]
+    # 3. --resume again, to the end.
+    third = start_sweep(root, "long-3", "--resume", "--out", run)
+    while third.proc.poll() is None:
+        samples.append(len(checkpoint_dirs(run)))
+        time.sleep(0.2)
+    obs["rc"] = third.wait(10)
+    obs["third"] = third
+    obs["rows"] = read_trials(run)
+    obs["summary"] = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
+    obs["left_after_exit"] = third.wait_session_gone(20)
+    return obs
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_prints_how_to_resume_and_resumes(long_run):
+    run, ctrl_c = long_run["run"], long_run["ctrl_c"]
+    assert ctrl_c["rc"] == 130, ctrl_c["stderr"][-3000:]
+    assert ctrl_c["seconds"] < 60, f"Ctrl-C took {ctrl_c['seconds']:.0f} s to stop the sweep"
+    assert "Traceback" not in ctrl_c["stderr"], ctrl_c["stderr"][-3000:]
+    last = [line for line in ctrl_c["stderr"].splitlines() if line.strip()][-1]
+    assert last == f"interrupted; the run directory is kept, continue with: stune sweep --resume --out {run}", last
+    assert ctrl_c["left"] == [], f"processes left after Ctrl-C: {ctrl_c['left']}"
+    assert not ctrl_c["summary"], "an interrupted sweep writes no summary.json (it is not finished)"
+    assert len(done(ctrl_c["rows"])) >= 8
+    # ... and the run dir it left was resumed (the --resume runs after it finished the sweep).
+    assert long_run["rc"] == 0, long_run["third"].tail()
+
+
+@pytest.mark.slow
+def test_driver_killed_resume_keeps_completed_trials_and_the_searchers_history(long_run):
+    run, rows = long_run["run"], {r["trial_id"]: r for r in long_run["rows"]}
+    assert long_run["rc"] == 0, long_run["third"].tail()
+    assert long_run["killed"]["left_after_cleanup"] == []
+    # Every trial finished before either interruption is kept, with its score.
+    for before in done(long_run["ctrl_c"]["rows"]) + done(long_run["killed"]["rows"]):
+        after = rows[before["trial_id"]]
+        assert (after["status"], after["spearman_cosine"]) == (before["status"], before["spearman_cosine"]), (before, after)
+    lost = [r for r in rows.values() if r["error"].startswith("lost:")]
+    ray_trials = [r for r in rows.values() if r not in lost]
+    assert len(ray_trials) == LONG_TRIALS, len(ray_trials)
+    assert all(r["status"] == "completed" for r in ray_trials), [r for r in ray_trials if r["status"] != "completed"]
+    summary = long_run["summary"]
+    assert summary["counts"]["completed"] == LONG_TRIALS
+    assert summary["best"]["spearman_cosine"] == pytest.approx(max(float(r["spearman_cosine"]) for r in ray_trials), abs=1e-6)
+    # The searcher kept its history: one study holding every trial once; no proposal repeated
+    # (a searcher rebuilt with the same seed would propose the first trials again).
+    with contextlib.closing(sqlite3.connect(run / "study.db")) as db:
+        (studies,) = db.execute("select count(*) from studies").fetchone()
+        states = dict(db.execute("select trial_id, state from trials").fetchall())
+        params = db.execute("select trial_id, param_name, param_value from trial_params").fetchall()
+    assert studies == 1
+    assert list(states.values()).count("COMPLETE") == LONG_TRIALS, states
+    # Besides them, at most the trials proposed in the last second before the kill, which Ray's
+    # saved state did not hold yet (they stay RUNNING in the study).
+    others = [s for s in states.values() if s != "COMPLETE"]
+    assert set(others) <= {"RUNNING"} and len(others) <= LONG_CONCURRENCY + 1, others
+    per_trial: dict[int, tuple] = {}
+    for trial_id, name, value in sorted(params):
+        if states[trial_id] == "COMPLETE":
+            per_trial[trial_id] = per_trial.get(trial_id, ()) + ((name, value),)
+    assert len(set(per_trial.values())) == LONG_TRIALS, "a parameter set was proposed twice"
+    assert len({(r["learning_rate"], r["scale"]) for r in ray_trials}) == LONG_TRIALS
+    assert len({r["number"] for r in ray_trials}) == LONG_TRIALS, "Ray's trial numbers went on, not over"
+
+
+@pytest.mark.slow
+def test_checkpoint_retention_holds_over_50_trials(long_run):
+    run, samples = long_run["run"], long_run["samples"]
+    assert len(samples) > 100
+    # At most one checkpoint per running trial (Ray swaps in a newer one: two, for a moment).
+    assert max(samples) <= 2 * LONG_CONCURRENCY, max(samples)
+    assert checkpoint_dirs(run) == [], "finished trials keep no checkpoint: best/ holds the winner"
+    weights = sorted(str(p.relative_to(run)) for p in run.rglob("*.safetensors"))
+    assert weights == ["best/model.safetensors"], weights
+    assert not list(run.rglob("optimizer.pt"))
+    assert not list(run.glob(".*tmp*")) and not list(run.glob(".best.*"))
+
+
+@pytest.mark.slow
+def test_failed_export_leaves_the_existing_folder_as_it_was(long_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(long_run["run"], copy)
+    sweep = json.loads((copy / "sweep.json").read_text())
+    sweep["config"]["data"]["eval"] = str(tmp_path / "moved-away.csv")  # the eval data moved since the sweep
+    (copy / "sweep.json").write_text(json.dumps(sweep))
+    mine = tmp_path / "exported"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own file")
+    proc = run_stune("export", copy, "--out", mine, "--force", timeout=300)
+    assert proc.returncode == 2 and "moved-away.csv" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "my own file"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exported")] == [], "no partial export left"
+
+
+# --------------------------------------------------------------------------- quick ones
+
+FAILED_WRITES = r"""
+import json, os, resource, signal, sys
+from pathlib import Path
+from types import SimpleNamespace
+import pyarrow.fs as pafs
+from tune.recorder import SweepRecorder
+from tune.rundir import RunDir
+from tune.trainable import EVAL_NOTE
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+root, limit = Path(sys.argv[1]), int(sys.argv[2])
+run = RunDir.open(str(root / "run"))
+recorder = SweepRecorder(run, 2)
+
+def checkpoint(name, size, score):  # a trial checkpoint as the trainable leaves it and Ray persists it
+    folder = root / name
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(os.urandom(size))
+    (folder / "config.json").write_text("{}")
+    (folder / EVAL_NOTE).write_text(json.dumps({"spearman_cosine": score, "step": 2}))
+    return SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(folder))
+
+def improve(trial_id, ckpt):
+    trial = SimpleNamespace(trial_id=trial_id, config={"loss": "CoSENTLoss"}, last_result={"training_iteration": 1})
+    score = json.loads(Path(ckpt.path, EVAL_NOTE).read_text())["spearman_cosine"]
+    recorder.on_trial_result(0, [], trial, {"spearman_cosine": score, "training_iteration": 1, "step": 2})
+    recorder.on_checkpoint(0, [], trial, ckpt)
+
+first, second = checkpoint("c1", limit // 2, 0.5), checkpoint("c2", 2 * limit, 0.9)
+improve("t1", first)
+run.write_json("summary.json", {"best": recorder.best["trial_id"]})
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+improve("t2", second)  # the copy to best/ fails half-way (disk full, quota...)
+try:
+    run.write_json("summary.json", {"best": "x" * (2 * limit)})
+    summary_error = None
+except OSError as exc:
+    summary_error = str(exc)
+print(json.dumps({"best": recorder.best["trial_id"], "summary_error": summary_error}))
+"""
+
+
+def test_failed_writes_keep_the_best_checkpoint_and_summary(tmp_path):
+    """A copy into best/ and a summary.json write that fail half-way (a real EFBIG: the file-size
+    limit is set below the checkpoint's size) leave the previous best and summary as they were."""
+    limit = 256 * 1024
+    proc = subprocess.run([sys.executable, "-c", FAILED_WRITES, str(tmp_path), str(limit)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    run = tmp_path / "run"
+    assert out["best"] == "t1", "the recorder keeps the last best it could copy"
+    assert out["summary_error"], "the oversized summary write did fail"
+    assert (run / "best" / "model.safetensors").read_bytes() == (tmp_path / "c1" / "model.safetensors").read_bytes()
+    assert json.loads((run / "best.json").read_text())["trial_id"] == "t1"
+    assert json.loads((run / "summary.json").read_text()) == {"best": "t1"}
+    assert sorted(p.name for p in run.iterdir()) == ["best", "best.json", "summary.json"], "no temp file or folder left"
+    assert "could not copy" in proc.stderr and "previous best is kept" in proc.stderr
+
+
+def test_run_dir_writes_cannot_escape_it(tmp_path):
+    from tune.rundir import RunDir
+
+    run = RunDir.open(str(tmp_path / "runs" / "run"))
+    for name in ("../escape.json", "/tmp/escape.json", "a/../../escape.json", "../run-2/x.json"):
+        with pytest.raises(ValueError, match="outside the run directory"):
+            run.write_json(name, {"x": 1})
+    with pytest.raises(ValueError, match="outside the run directory"):
+        run.replace_dir_from("../best", None, str(tmp_path))
+    run.write_json("ok.json", {"x": 1})
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == ["runs/run/ok.json"]
+
+
+def test_yaml_is_read_with_safe_loading_only(tmp_path):
+    import re
+
+    from trainers.config import read_yaml
+    from trainers.errors import ConfigError
+
+    unsafe = re.compile(r"yaml\.(load|unsafe_load|full_load|load_all|unsafe_load_all)\(|Loader\s*=|yaml\.(Unsafe|Full)?Loader\b")
+    sources = [p for pkg in ("tune", "trainers", "cluster") for p in (ROOT / pkg).rglob("*.py")]
+    offending = [f"{p.relative_to(ROOT)}:{i}" for p in sources for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
+    assert not offending, offending
+    assert any("yaml.safe_load" in p.read_text() for p in sources)
+    marker = tmp_path / "PWNED"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(config)
+    assert not marker.exists()
+
+
+def test_trust_remote_code_only_when_the_config_says_so(tiny_model, tmp_path, no_copied_model_code):
+    """A model folder shipping its own code: loaded without running it unless the config sets
+    ``trust_remote_code: true``."""
+    from trainers.config import TrainConfig, parse_config
+    from trainers.errors import ModelError
+    from trainers.model import load_model
+
+    assert TrainConfig().trust_remote_code is False
+    model = tmp_path / "custom-model"
+    shutil.copytree(tiny_model, model)
+    marker = tmp_path / "remote-code-ran"
+    (model / "stune_custom_code.py").write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        Path({str(marker)!r}).write_text("ran")
+        from transformers import BertConfig, BertModel
+        class CustomConfig(BertConfig):
+            pass
+        class CustomModel(BertModel):
+            config_class = CustomConfig
+    """))
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "stune_custom_code.CustomConfig", "AutoModel": "stune_custom_code.CustomModel"}
+    (model / "config.json").write_text(json.dumps(config))
+
+    cfg = parse_config(TrainConfig, {"model": str(model)})
+    with contextlib.suppress(ModelError):
+        load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    assert not marker.exists(), "the model's own code ran without trust_remote_code"
+    cfg = parse_config(TrainConfig, {"model": str(model), "trust_remote_code": True})
+    with contextlib.suppress(ModelError):
+        load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    assert marker.exists(), "with trust_remote_code: true the model's code runs (the test's custom code is real)"
+    # Every model load in stune passes the config's value (or nothing: False); none hard-codes True.
+    sources = [p for pkg in ("tune", "trainers") for p in (ROOT / pkg).rglob("*.py")]
+    assert not [p for p in sources if "trust_remote_code=True" in p.read_text()]
+
+
+@pytest.fixture
+def no_copied_model_code():
+    """transformers copies a trusted model's code under HF_MODULES_CACHE: remove the test's copy."""
+    yield
+    from transformers.utils import HF_MODULES_CACHE
+
+    modules = Path(HF_MODULES_CACHE) / "transformers_modules"
+    for code in list(modules.rglob("stune_custom_code.py")):
+        shutil.rmtree(modules / code.relative_to(modules).parts[0], ignore_errors=True)
