@@ -231,12 +231,14 @@ def faults(start_sweep, scored_data, tmp_path_factory):
     rng = random.Random(0)
     vocab = words()
     long_text = lambda: " ".join(rng.choice(vocab) for _ in range(OOM_SEQ - 40))  # noqa: E731
+    short = scored_pairs(96 + batch, seed=1)
+    # A third of the rows have a long first sentence: any batch of the OOM trial pads to ~OOM_SEQ tokens.
     train = write_csv(root / "train.csv", ["sentence1", "sentence2", "score"],
-                      scored_pairs(96, seed=1) + [(long_text(), long_text(), rng.choice([0.0, 0.5, 1.0])) for _ in range(batch)])
+                      short[:96] + [(long_text(), b, s) for _, b, s in short[96:]])
     normal = {"weight_decay": 0.0, "per_device_train_batch_size": 8, "max_seq_length": 32}
     config = {
         "model": str(model), "data": {"train": str(train), "eval": scored_data["eval"]}, "loss": "CoSENTLoss",
-        "max_steps": 24, "evaluations_per_trial": 3, "max_seq_length": 32, "trials": 4, "max_concurrent_trials": 1,
+        "max_steps": 30, "evaluations_per_trial": 3, "max_seq_length": 32, "trials": 4, "max_concurrent_trials": 1,
         "scheduler": "none", "searcher": "random", "seed": 1, "max_failures": 2,
         "search": {
             "losses": ["CoSENTLoss"], "CoSENTLoss": {"scale": 20.0}, "warmup_ratio": 0.0,
@@ -245,7 +247,7 @@ def faults(start_sweep, scored_data, tmp_path_factory):
         },
         # Points outside the search ranges are taken as given (Optuna warns): one trial per fault.
         "initial_points": [
-            {"learning_rate": VICTIM_LR, **normal},
+            {"learning_rate": VICTIM_LR, **normal, "per_device_train_batch_size": 16, "max_seq_length": 64},  # slower: time to kill it
             {**normal, "learning_rate": NAN_LR, "weight_decay": 1.0e30},
             {"learning_rate": VICTIM_LR, "weight_decay": 0.0, "per_device_train_batch_size": batch, "max_seq_length": OOM_SEQ},
             {"learning_rate": NORMAL_LR, **normal},
@@ -258,7 +260,7 @@ def faults(start_sweep, scored_data, tmp_path_factory):
         for path in run.glob("trial_*/result.json"):
             lines = path.read_text().splitlines()
             if lines and json.loads(lines[0])["config"].get("learning_rate") == VICTIM_LR \
-                    and json.loads(lines[0])["config"].get("max_seq_length") == 32:
+                    and json.loads(lines[0])["config"].get("max_seq_length") == 64:
                 return json.loads(lines[0])
         return None
 
@@ -297,11 +299,11 @@ def test_faulty_sweep_finishes_and_cleans_up(faults):
 def test_worker_killed_mid_trial_resumes_from_its_last_checkpoint(faults):
     run, victim = faults["run"], faults["victim"]
     row = faults["rows"][victim["trial_id"]]
-    assert row["status"] == "completed" and row["steps"] == row["total_steps"] == "24", row
+    assert row["status"] == "completed" and row["steps"] == row["total_steps"] == "30", row
     reported = results(run, victim["trial_id"])
     steps = [r["step"] for r in reported]
-    # Killed after the step-8 checkpoint: the new worker went on from step 8, it did not start over.
-    assert steps == [8, 16, 24], steps
+    # Killed after the step-10 checkpoint: the new worker went on from step 10, it did not start over.
+    assert steps == [10, 20, 30], steps
     assert len({r["pid"] for r in reported}) == 2, "the trial should have finished in a new worker process"
     assert victim["pid"] not in {r["pid"] for r in reported[1:]}
     error_file = run / f"trial_{victim['trial_id']}" / "error.txt"
