@@ -65,6 +65,7 @@ def fine_tune(
     score_base: bool = True,
     evaluations: int = 5,
     keep_best_model: bool = True,
+    resumable: bool = True,
     tensorboard_dir: str | Path | None = None,
     verbose: bool = False,
 ) -> tuple[object, TrainResult]:
@@ -73,7 +74,8 @@ def fine_tune(
     Checkpoints go to ``work_dir/checkpoints`` (only the latest is kept; ``on_evaluation`` may
     move or delete it); ``resume_from`` is a checkpoint folder from an earlier ``on_evaluation``.
     With ``keep_best_model=False`` the returned model is the last one, and no extra copy of the
-    best weights is kept on disk (a sweep keeps the best across trials itself).
+    best weights is kept on disk (a sweep keeps the best across trials itself). With
+    ``resumable=False`` checkpoints hold the weights only.
     """
     started = time.monotonic()
     splits = splits or load_splits(config)
@@ -117,6 +119,8 @@ def fine_tune(
         save_strategy="steps",
         save_steps=eval_steps,
         save_total_limit=1,
+        # Optimizer and scheduler state (2x the weights) only matter to resume a run.
+        save_only_model=not resumable,
         logging_steps=max(1, min(eval_steps, 10)),
         # Hugging Face leaves NaN/inf losses out of the logged average by default: _Watcher must see them.
         logging_nan_inf_filter=False,
@@ -290,7 +294,7 @@ def train_to_dir(config: TrainConfig, out: str | Path, *, splits: Splits | None 
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("stune").addHandler(handler)
     try:
-        model, result = fine_tune(config, work, splits=splits, tensorboard_dir=work / "tensorboard", verbose=verbose)
+        model, result = fine_tune(config, work, splits=splits, tensorboard_dir=work / "tensorboard", resumable=False, verbose=verbose)
         model.save(str(work / "model"))
         write_metrics(work / "metrics.json", config, result)
         for scratch in ("checkpoints", "best-model"):
