@@ -81,18 +81,23 @@ def run_sweep(
     seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
     _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
 
+    import ray
+
     from cluster.connect import connect, disconnect
 
+    # The untuned model is scored while Ray starts: importing torch and sentence-transformers and
+    # evaluating take about as long as Ray's start-up, which mostly waits on its own processes
+    # (on 2 heavily loaded CPU cores the first training step came 3-12 s earlier; bench/overhead.py).
+    baseline_job = _Background(_baseline, run_dir, config, splits, resume)
     connection = connect(address, log_to_driver=verbose)
     log.info("trials run on %s", connection.describe())
-    import ray
     from ray import tune
 
     gpus = config.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     space = SearchSpace(config)
-    baseline = _baseline(run_dir, config, splits, resume)
+    baseline = baseline_job.result()
     if not resume:
         run_dir.write_json(SWEEP, {
             "config": config.model_dump(mode="json"), "space": space.describe(), "baseline": baseline,
@@ -186,6 +191,30 @@ def config_for_trials(config: SweepConfig) -> dict[str, Any]:
     from trainers.config import TrainConfig
 
     return {k: v for k, v in config.model_dump().items() if k in TrainConfig.model_fields}
+
+
+class _Background:
+    """``fn(*args)`` in a daemon thread; ``result()`` waits and returns it or raises its error."""
+
+    def __init__(self, fn: Callable, *args):
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name="stune-baseline", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _baseline(run_dir: RunDir, config: SweepConfig, splits, resume: bool) -> dict[str, float]:
