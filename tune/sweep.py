@@ -89,7 +89,14 @@ def run_sweep(
     # evaluating take about as long as Ray's start-up, which mostly waits on its own processes
     # (on 2 heavily loaded CPU cores the first training step came 3-12 s earlier; bench/overhead.py).
     baseline_job = _Background(_baseline, run_dir, config, splits, resume)
-    connection = connect(address, log_to_driver=verbose)
+    from tune.faults import ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents
+
+    try:
+        with ray_starts_shielded_from_ctrl_c():
+            connection = connect(address, log_to_driver=verbose)
+    except BaseException:  # e.g. Ctrl-C while Ray starts: stop what it started so far
+        stop_ray_and_its_agents()
+        raise
     log.info("trials run on %s", connection.describe())
     from ray import tune
 
