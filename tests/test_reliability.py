@@ -475,6 +475,22 @@ def test_checkpoint_retention_holds_over_50_trials(long_run):
 
 
 @pytest.mark.slow
+def test_ctrl_c_while_ray_starts_leaves_nothing_running(start_sweep, tiny_model, scored_data, tmp_path):
+    """Ctrl-C as soon as Ray's raylet exists (Ray still starting): exit 130, nothing to resume is
+    said so, and no Ray process of the sweep outlives it (Ray's agents used to)."""
+    config = {"model": tiny_model, "data": scored_data, "max_steps": 2, "trials": 2, "scheduler": "none"}
+    run = tmp_path / "run"
+    sweep = start_sweep(tmp_path, "early", write_config(tmp_path / "c.yaml", config), "--out", run)
+    wait_until(lambda: any(_name(p) == "raylet" for p in sweep.processes()), sweep, 300, "Ray's raylet")
+    os.killpg(sweep.sid, signal.SIGINT)
+    assert sweep.wait(120) == 130, sweep.tail()
+    assert sweep.wait_session_gone(15) == [], "Ray processes outlived the interrupted sweep"
+    lines = [line for line in sweep.stderr().splitlines() if line.strip()]
+    assert lines[-1].startswith("interrupted before the first trial started; nothing to resume"), sweep.tail()
+    assert "Traceback" not in sweep.stderr(), sweep.tail()
+
+
+@pytest.mark.slow
 def test_failed_export_leaves_the_existing_folder_as_it_was(long_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(long_run["run"], copy)

@@ -94,11 +94,18 @@ def ray_starts_shielded_from_ctrl_c() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # The mask is per thread and another thread may take the signal: a handler that only notes it
+    # keeps ray.init from being cut half-way whichever thread does.
+    pending: list[int] = []
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # runs the handler of a pending SIGINT
+        signal.signal(signal.SIGINT, previous_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def stop_ray_and_its_agents() -> None:
