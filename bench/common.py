@@ -292,14 +292,16 @@ def read_marks(path: Path) -> list[tuple[float, int, str]]:
 
 def trainings(marks: list[tuple[float, int, str]]) -> list[dict[str, float]]:
     """One entry per ``Trainer.train`` call, in order: begin, first step, last step end, end,
-    and time spent in evaluation and in checkpoint saves inside it."""
+    and the time spent inside it in evaluation, checkpoint saves, ``ray.tune.report`` and the
+    best-model copy."""
     runs: list[dict[str, float]] = []
     open_by_pid: dict[int, dict[str, float]] = {}
     pending: dict[tuple[int, str], float] = {}
     for t, pid, event in marks:
         run = open_by_pid.get(pid)
         if event == "train_begin":
-            run = open_by_pid[pid] = {"pid": pid, "begin": t, "eval_s": 0.0, "save_s": 0.0, "steps": 0}
+            run = open_by_pid[pid] = {"pid": pid, "begin": t, "eval_s": 0.0, "save_s": 0.0, "report_s": 0.0,
+                                      "keepbest_s": 0.0, "steps": 0}
             runs.append(run)
         elif run is None:
             continue
@@ -308,13 +310,13 @@ def trainings(marks: list[tuple[float, int, str]]) -> list[dict[str, float]]:
         elif event == "step_end":
             run["steps"] += 1
             run["last_step_end"] = t
-        elif event in ("eval_begin", "save_begin"):
-            pending[(pid, event[:4])] = t
-        elif event in ("eval_end", "save_end"):
-            began = pending.pop((pid, event[:4]), None)
-            if began is not None:
-                run[f"{event[:4]}_s"] += t - began
         elif event == "train_end":
             run["end"] = t
             open_by_pid.pop(pid, None)
+        elif event.endswith("_begin"):
+            pending[(pid, event[:-6])] = t
+        elif event.endswith("_end"):
+            began = pending.pop((pid, event[:-4]), None)
+            if began is not None and f"{event[:-4]}_s" in run:
+                run[f"{event[:-4]}_s"] += t - began
     return runs

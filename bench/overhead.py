@@ -228,6 +228,8 @@ def side(start: float, end: float, marks_path: Path) -> dict:
         "inside_trials_s": [round(r["last_step_end"] - r["first_step"], 2) for r in runs],
         "eval_s": [round(r["eval_s"], 2) for r in runs],
         "save_s": [round(r["save_s"], 2) for r in runs],
+        "report_s": [round(r["report_s"], 2) for r in runs],  # stune: ray.tune.report (checkpoint persisted)
+        "keepbest_s": [round(r["keepbest_s"], 2) for r in runs],  # stune: best model copied aside in the trial
         "steps": [r["steps"] for r in runs],
         "tail_s": round(end - runs[-1]["last_step_end"], 2) if runs else None,
         "processes": len({pid for _, pid, _ in marks}),

@@ -115,6 +115,9 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
         fine_tune(
             config, work_dir, splits=splits, on_evaluation=report, resume_from=resume_from, score_base=False,
             evaluations=evaluations, tensorboard_dir=tensorboard_dir(),
+            # The recorder keeps the best across trials (best/): a trial needs no copy of its own
+            # best model on disk, nor to reload it when training ends (bench/overhead.py).
+            keep_best_model=False,
         )
     except StuneError as exc:
         # NaN/inf loss, collapsed eval, out of memory, data this loss cannot use: deterministic,

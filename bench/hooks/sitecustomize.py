@@ -6,8 +6,10 @@ Each line of the marks file is ``<unix time> <pid> <event>``:
 ``python_start`` (this process began), ``train_begin`` / ``train_end`` (``Trainer.train``),
 ``first_step`` (the first optimizer step of a ``train`` call begins), ``step_end`` (each step
 ends), ``eval_begin`` / ``eval_end`` (``Trainer.evaluate``), ``save_begin`` / ``save_end``
-(``Trainer._save_checkpoint``). Nothing in stune is changed: the hooks wrap transformers'
-``Trainer`` when ``transformers.trainer`` is first imported.
+(``Trainer._save_checkpoint``), ``report_begin`` / ``report_end`` (``ray.tune.report``: a trial's
+result and checkpoint handed to Ray), ``keepbest_begin`` / ``keepbest_end``
+(``trainers.train._keep_best``: the best model copied aside inside a fine-tune). Nothing in stune
+is changed: the hooks wrap these functions when their module is first imported.
 """
 
 import os
@@ -41,13 +43,36 @@ def _wrap(cls, name: str, before: str, after: str, first: str | None = None) -> 
     setattr(cls, name, wrapper)
 
 
-def _patch(module) -> None:
+def _wrap_function(module, name: str, before: str, after: str) -> None:
+    original = getattr(module, name, None)
+    if original is None:
+        return
+
+    def wrapper(*args, **kwargs):
+        _mark(before)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            _mark(after)
+
+    wrapper.__wrapped__ = original
+    setattr(module, name, wrapper)
+
+
+def _patch_trainer(module) -> None:
     trainer = module.Trainer
     _wrap(trainer, "train", "train_begin", "train_end")
     _wrap(trainer, "training_step", "", "step_end", first="first_step")
     _wrap(trainer, "evaluate", "eval_begin", "eval_end")
     if hasattr(trainer, "_save_checkpoint"):
         _wrap(trainer, "_save_checkpoint", "save_begin", "save_end")
+
+
+_PATCHES = {
+    "transformers.trainer": _patch_trainer,
+    "ray.tune": lambda module: _wrap_function(module, "report", "report_begin", "report_end"),
+    "trainers.train": lambda module: _wrap_function(module, "_keep_best", "keepbest_begin", "keepbest_end"),
+}
 
 
 if _MARKS:
@@ -58,7 +83,7 @@ if _MARKS:
 
     class _TrainerHook(importlib.abc.MetaPathFinder):
         def find_spec(self, fullname, path, target=None):
-            if fullname != "transformers.trainer":
+            if fullname not in _PATCHES:
                 return None
             sys.meta_path.remove(self)
             try:
@@ -71,7 +96,7 @@ if _MARKS:
 
             def exec_and_patch(module):
                 exec_module(module)
-                _patch(module)
+                _PATCHES[fullname](module)
 
             spec.loader.exec_module = exec_and_patch
             return spec

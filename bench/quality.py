@@ -1,0 +1,196 @@
+"""Quality: each seed recipe's own hyperparameters vs the best of a default stune sweep on the same
+data, scored on a held-out test split; the untuned base model too.
+
+    python bench/quality.py            # published figures: every seed recipe, bundled MiniLM
+    python bench/quality.py --quick    # smoke run: seed 004 only, tiny model, 2-trial sweep
+
+The seeds' sample data (examples/seeds/data/00N_{train,eval}.csv) have no test split: rows are
+assigned to a held-out test split by a hash of their first column (anchor / sentence 1), one
+group in four, from both files, so every row of one anchor lands on the same side and the split
+is the same on every run. The rest keep their train/eval role. The data files are not edited.
+
+- recipe: ``stune train``'s fine-tune (trainers.train.fine_tune) with the recipe's loss and
+  hyperparameters; like ``stune train`` it keeps the best of its evaluations.
+- sweep: ``stune sweep`` on the recipe file (every loss searched, stune's default sweep: 12
+  trials, TPE + ASHA) with the same data; its best checkpoint is scored on test as
+  ``stune export`` does.
+- Length: every run trains the recipe's num_train_epochs, capped at ``--max-steps`` steps (30).
+  The recipe and every sweep trial get the same cap; the table says where it applied.
+
+Target: sweep test spearman_cosine >= recipe + 0.02, on average over the seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+TARGET_GAIN = 0.02
+SEEDS_DIR = common.ROOT / "examples" / "seeds"
+TEST_SHARE = 4  # one group in TEST_SHARE goes to test
+
+
+def split_seed(recipe, work: Path) -> dict[str, str]:
+    """train/eval/test CSVs for a recipe's data, the test split held out by group hash."""
+    out = {}
+    tests: list[list[str]] = []
+    header = None
+    for role in ("train", "eval"):
+        header, rows = common.read_rows(getattr(recipe.data, role))
+        keep = [r for r in rows if common.stable_hash(r[0]) % TEST_SHARE != 0]
+        tests += [r for r in rows if common.stable_hash(r[0]) % TEST_SHARE == 0]
+        out[role] = common.write_rows(work / f"{role}.csv", header, keep)
+    out["test"] = common.write_rows(work / "test.csv", header, tests)
+    return out
+
+
+def epoch_steps(config) -> tuple[int, int]:
+    """(steps of ``num_train_epochs`` for this config's loss and batch size, as fine_tune counts
+    them; training examples after adapting the data to the loss)."""
+    from trainers.data import adapt, load_splits
+    from trainers.losses import get_loss
+    from trainers.train import total_steps
+
+    splits = load_splits(config, with_test=False)
+    columns, _ = adapt(splits.train.pairs, get_loss(config.loss.name).shape,
+                       positive_threshold=config.data.positive_threshold, seed=config.seed)
+    n = len(next(iter(columns.values())))
+    return total_steps(config.model_copy(update={"max_steps": None}), n), n
+
+
+def recipe_config(seed_file: Path, data: dict[str, str], model: str | None):
+    from trainers.config import TrainConfig, parse_config, read_yaml
+
+    raw = read_yaml(str(seed_file))
+    raw["data"] = {**(raw.get("data") or {}), **data}
+    if model:
+        raw["model"] = model
+    return parse_config(TrainConfig, raw, str(seed_file))
+
+
+def evaluate_on(model_path: str | None, split_path: str, config) -> float:
+    from trainers.data import read_split
+    from trainers.evaluation import OBJECTIVE, evaluate
+    from trainers.model import load_model
+
+    model = load_model(model_path, max_seq_length=config.max_seq_length)
+    return evaluate(model, read_split(split_path, config.data.columns, seed=config.seed), "test")[OBJECTIVE]
+
+
+def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_overrides: dict) -> dict:
+    from trainers.config import load_train_config
+    from trainers.evaluation import OBJECTIVE
+    from trainers.train import fine_tune
+    from tune.config import load_sweep_config
+    from tune.sweep import run_sweep
+
+    name = seed_file.stem
+    work.mkdir(parents=True, exist_ok=True)
+    recipe = load_train_config(str(seed_file))
+    data = split_seed(recipe, work)
+    sizes = {k: len(common.read_rows(v)[1]) for k, v in data.items()}
+    overrides = {"train": data["train"], "eval": data["eval"], "test": data["test"]}
+    if model:
+        overrides["model"] = model
+
+    # recipe, as stune train runs it
+    recipe = recipe_config(seed_file, data, model)
+    own_steps, n_train = epoch_steps(recipe)
+    recipe_capped = own_steps > cap
+    if recipe_capped:
+        recipe = recipe.model_copy(update={"max_steps": cap})
+    load = common.loadavg()
+    t0 = time.time()
+    _, result = fine_tune(recipe, work / "recipe", keep_best_model=True)
+    recipe_s = time.time() - t0
+
+    # default sweep on the same file and data; the same cap on every trial
+    sweep_cfg = load_sweep_config(str(seed_file), **overrides, **sweep_overrides)
+    longest = math.ceil(n_train / 16) * sweep_cfg.num_train_epochs  # smallest batch of the default space
+    sweep_capped = sweep_cfg.max_steps is None and longest > cap
+    if sweep_capped:
+        sweep_cfg = load_sweep_config(str(seed_file), **overrides, **sweep_overrides, max_steps=cap)
+    t0 = time.time()
+    summary = run_sweep(sweep_cfg, str(work / "sweep"))
+    sweep_s = time.time() - t0
+    best = summary["best"]
+    sweep_test = evaluate_on(str(work / "sweep" / "best"), data["test"], recipe) if best else None
+
+    row = {
+        "seed": name, "loss": recipe.loss.name, "sizes": sizes, "recipe_epoch_steps": own_steps,
+        "recipe_steps": result.steps, "recipe_capped": recipe_capped, "sweep_capped": sweep_capped,
+        "base_test": result.base.get("test", {}).get(OBJECTIVE), "base_eval": result.base.get("eval", {}).get(OBJECTIVE),
+        "recipe_eval": result.best["metrics"][OBJECTIVE], "recipe_test": (result.test or {}).get(OBJECTIVE),
+        "sweep_eval": best[OBJECTIVE] if best else None, "sweep_test": sweep_test,
+        "sweep_best_config": best["config"] if best else None, "sweep_best_step": best.get("step") if best else None,
+        "sweep_counts": summary["counts"], "sweep_trials": sweep_cfg.trials,
+        "recipe_s": round(recipe_s, 1), "sweep_s": round(sweep_s, 1), "loadavg": load,
+    }
+    if row["sweep_test"] is not None and row["recipe_test"] is not None:
+        row["gain"] = row["sweep_test"] - row["recipe_test"]
+    print(f"  {name}: base {row['base_test']:.4f}  recipe {row['recipe_test']:.4f}  sweep {row['sweep_test']:.4f} "
+          f"(test spearman_cosine; {row['recipe_s']:.0f} s + {row['sweep_s']:.0f} s, load {common.fmt_load(load)})")
+    return row
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", nargs="+", default=None, help="seed recipes, e.g. 000 002 [all in examples/seeds; quick: 004]")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per run, recipe and sweep trials alike [30; quick 2]")
+    p.add_argument("--trials", type=int, default=None, help="sweep trials [stune's default, 12; quick 2]")
+    args = p.parse_args()
+    bench = common.Bench("quality", args)
+    quick = args.quick
+    names = args.seeds or (["004"] if quick else sorted(f.stem for f in SEEDS_DIR.glob("[0-9][0-9][0-9].yaml")))
+    cap = args.max_steps or (2 if quick else 30)
+    model = common.tiny_model(bench.work) if quick else None
+    model_label = "tiny random BERT (tests/tiny.py)" if quick else "all-MiniLM-L6-v2 (bundled)"
+    sweep_overrides = {}
+    if args.trials or quick:
+        sweep_overrides["trials"] = args.trials or 2
+    if quick:
+        sweep_overrides["max_concurrent_trials"] = 1
+    print(f"quality: seeds {', '.join(names)}, {model_label}, steps capped at {cap} per run; sweep: "
+          f"{sweep_overrides.get('trials', 'default')} trials; load {common.fmt_load(common.loadavg())}")
+    rows = []
+    for name in names:
+        rows.append(run_seed(SEEDS_DIR / f"{name}.yaml", work=bench.work / name, model=model, cap=cap,
+                             sweep_overrides=sweep_overrides))
+        bench.sample_load(name)
+
+    gains = [r["gain"] for r in rows if "gain" in r]
+    mean = lambda key: round(statistics.mean(r[key] for r in rows if r[key] is not None), 4)  # noqa: E731
+    table_rows = [[r["seed"], r["loss"], f"{r['sizes']['train']}/{r['sizes']['eval']}/{r['sizes']['test']}",
+                   f"{r['recipe_steps']}{' (capped)' if r['recipe_capped'] else ''}",
+                   r["base_test"], r["recipe_test"], r["sweep_test"], r.get("gain"),
+                   (r["sweep_best_config"] or {}).get("loss"), common.fmt_load(r["loadavg"])] for r in rows]
+    table_rows.append(["mean", "", "", "", mean("base_test"), mean("recipe_test"), mean("sweep_test"),
+                       round(statistics.mean(gains), 4) if gains else None, "", ""])
+    common.table("Held-out test spearman_cosine: base model, seed recipe, best of a default sweep",
+                 ["seed", "recipe loss", "train/eval/test rows", "recipe steps", "base", "recipe", "sweep",
+                  "sweep - recipe", "sweep's best loss", "load"], table_rows)
+    met = statistics.mean(gains) >= TARGET_GAIN if gains else None
+    common.table("Target", ["figure", "measured", "target", ""], [[
+        "sweep - recipe, mean test spearman_cosine", round(statistics.mean(gains), 4) if gains else None,
+        f">= +{TARGET_GAIN}", common.verdict(met)]])
+    bench.write({
+        "setup": {"model": model_label, "seeds": names, "max_steps_cap": cap, "test_split": f"1 group in {TEST_SHARE} by hash of column 1, from train and eval",
+                  "sweep_overrides": sweep_overrides},
+        "target": {"mean_gain": TARGET_GAIN}, "met": met,
+        "mean": {"base_test": mean("base_test"), "recipe_test": mean("recipe_test"), "sweep_test": mean("sweep_test"),
+                 "gain": round(statistics.mean(gains), 4) if gains else None},
+        "seeds": rows,
+    })
+    bench.close()
+
+
+if __name__ == "__main__":
+    main()
