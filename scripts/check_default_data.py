@@ -7,8 +7,8 @@ trainers/default_data/test.csv with EmbeddingSimilarityEvaluator, fine-tunes it 
 about 10-40 s (75 steps = 1 epoch: 20-30 minutes; use --max-steps 10 for a quick look):
 
     HF_HUB_OFFLINE=1 python scripts/check_default_data.py                      # CosineSimilarityLoss, lr 5e-5
-    HF_HUB_OFFLINE=1 python scripts/check_default_data.py --lr 5e-4            # much too high
-    HF_HUB_OFFLINE=1 python scripts/check_default_data.py --loss mnrl          # MNRL on pairs with score >= 0.75
+    HF_HUB_OFFLINE=1 python scripts/check_default_data.py --lr 5e-3            # far too high: collapses
+    HF_HUB_OFFLINE=1 python scripts/check_default_data.py --loss mnrl --max-steps -1  # MNRL, 1 epoch of pairs with score >= 0.75
 
 Prints one JSON line with base and fine-tuned test spearman_cosine.
 """
@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--loss", choices=["cosine", "mnrl"], default="cosine")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--max-steps", type=int, default=75, help="75 = one epoch of train.csv at batch 32; -1: --epochs decides")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--warmup", type=float, default=0.1, help="a float < 1 is a ratio of the steps (ST 6)")
     ap.add_argument("--split", default="test", choices=["eval", "test"])
