@@ -17,7 +17,7 @@ from trainers.errors import ConfigError
 from trainers.losses import get_loss
 
 DEFAULT_DATA_DIR = Path(__file__).parent / "default_data"
-DEFAULT_LOSS = "CoSENTLoss"
+DEFAULT_LOSS = "CosineSimilarityLoss"
 COLUMN_ROLES = ("sentence1", "sentence2", "score", "anchor", "positive", "negative")
 
 
@@ -84,7 +84,7 @@ class TrainConfig(_Strict):
     trust_remote_code: StrictBool = False
     loss: LossConfig = Field(default_factory=LossConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    learning_rate: float = Field(2.0e-5, gt=0, le=1)
+    learning_rate: float = Field(5.0e-5, gt=0, le=1)
     per_device_train_batch_size: int = Field(32, ge=1)
     num_train_epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)
