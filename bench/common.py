@@ -177,6 +177,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+    print(f"plot: {path}")
+    return str(path)
+
+
 def verdict(ok: bool | None) -> str:
     return "–" if ok is None else ("met" if ok else "MISSED")
 

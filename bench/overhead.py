@@ -151,7 +151,7 @@ def main() -> None:
         cfg.write_text(yaml.safe_dump(sweep_config(model_arg, data, trials, steps, evals, cores)))
         marks_b = rep / "sweep.marks"
         load_b = common.loadavg()
-        b0, b1, _ = common.run_timed([common.STUNE, "sweep", cfg, "--out", rep / "run"],
+        b0, b1, _ = common.run_timed([common.STUNE, "sweep", cfg, "--out", rep / "run", "--force"],
                                      env=common.bench_env(marks_b), log=rep / "sweep.log")
         pair = analyse(a0, a1, marks_a, b0, b1, marks_b, trials)
         pair["loadavg"] = {"plain": load_a, "sweep": load_b, "after": common.loadavg()}
@@ -180,6 +180,7 @@ def main() -> None:
         ["command start -> first training step (b)", f["first_step_b_s"], f"<= {TARGET_FIRST_STEP_S} s", common.verdict(f["first_step_b_s"] <= TARGET_FIRST_STEP_S)],
         ["scheduling overhead per trial (b)", f["per_trial_overhead_s"], f"<= {TARGET_PER_TRIAL_S} s", common.verdict(f["per_trial_overhead_s"] <= TARGET_PER_TRIAL_S)],
     ])
+    plot_path = plot(pairs, bench.out / f"{bench.stem}.png", model_label, trials, steps)
     same = all(_close(p["scores"]["plain"], p["scores"]["sweep"]) for p in pairs)
     print(f"same training on both sides (final eval spearman_cosine equal to 3 decimals): {common.verdict(same)}")
     bench.write({
@@ -189,10 +190,35 @@ def main() -> None:
         "met": {"ratio": f["ratio"] <= TARGET_RATIO, "first_step": f["first_step_b_s"] <= TARGET_FIRST_STEP_S,
                 "per_trial": f["per_trial_overhead_s"] <= TARGET_PER_TRIAL_S},
         "same_scores": same,
-        **figures,
+        **figures, "plot": plot_path,
         "pairs": pairs,
     })
     bench.close()
+
+
+def plot(pairs: list[dict], path: Path, model_label: str, trials: int, steps: int) -> str:
+    """Per pair, (a) and (b) as stacked bars: start-up, trials (first to last step), between trials, tail."""
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(pairs)), dpi=120)
+    parts = [("start -> 1st step", "tab:red"), ("inside trials", "tab:blue"), ("between trials", "tab:orange"), ("after last step", "tab:gray")]
+    labels, y = [], 0
+    for i, pair in enumerate(pairs, 1):
+        for side, name in (("a", "plain"), ("b", "stune")):
+            d = pair[side]
+            values = [d["first_step_s"], sum(d["inside_trials_s"]), sum(d["between_trials_s"]), d["tail_s"]]
+            left = 0.0
+            for (label, color), v in zip(parts, values):
+                ax.barh(y, v, left=left, color=color, label=label if y == 0 else None)
+                left += v
+            ax.text(left + 2, y, f"{d['wall_s']:.0f} s", va="center", fontsize=8)
+            labels.append(f"pair {i} {name}")
+            y += 1
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title(f"{trials} fixed trials x {steps} steps, {model_label}: plain loop vs stune sweep", fontsize=9)
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    return common.save_figure(fig, path)
 
 
 def argparse_hidden():

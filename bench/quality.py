@@ -54,7 +54,7 @@ def split_seed(recipe, work: Path) -> dict[str, str]:
 
 def epoch_steps(config) -> tuple[int, int]:
     """(steps of ``num_train_epochs`` for this config's loss and batch size, as fine_tune counts
-    them; training examples after adapting the data to the loss)."""
+    them; the number of scored training pairs, the most any loss's adapted data can hold)."""
     from trainers.data import adapt, load_splits
     from trainers.losses import get_loss
     from trainers.train import total_steps
@@ -63,7 +63,8 @@ def epoch_steps(config) -> tuple[int, int]:
     columns, _ = adapt(splits.train.pairs, get_loss(config.loss.name).shape,
                        positive_threshold=config.data.positive_threshold, seed=config.seed)
     n = len(next(iter(columns.values())))
-    return total_steps(config.model_copy(update={"max_steps": None}), n), n
+    # every loss reads at most all scored pairs: the most examples a sweep trial can get
+    return total_steps(config.model_copy(update={"max_steps": None}), n), len(splits.train.pairs)
 
 
 def recipe_config(seed_file: Path, data: dict[str, str], model: str | None):
@@ -103,7 +104,7 @@ def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_
 
     # recipe, as stune train runs it
     recipe = recipe_config(seed_file, data, model)
-    own_steps, n_train = epoch_steps(recipe)
+    own_steps, n_pairs = epoch_steps(recipe)
     recipe_capped = own_steps > cap
     if recipe_capped:
         recipe = recipe.model_copy(update={"max_steps": cap})
@@ -114,12 +115,12 @@ def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_
 
     # default sweep on the same file and data; the same cap on every trial
     sweep_cfg = load_sweep_config(str(seed_file), **overrides, **sweep_overrides)
-    longest = math.ceil(n_train / 16) * sweep_cfg.num_train_epochs  # smallest batch of the default space
+    longest = math.ceil(n_pairs / 16) * sweep_cfg.num_train_epochs  # smallest batch of the default space
     sweep_capped = sweep_cfg.max_steps is None and longest > cap
     if sweep_capped:
         sweep_cfg = load_sweep_config(str(seed_file), **overrides, **sweep_overrides, max_steps=cap)
     t0 = time.time()
-    summary = run_sweep(sweep_cfg, str(work / "sweep"))
+    summary = run_sweep(sweep_cfg, str(work / "sweep"), force=True)
     sweep_s = time.time() - t0
     best = summary["best"]
     sweep_test = evaluate_on(str(work / "sweep" / "best"), data["test"], recipe) if best else None
@@ -127,6 +128,7 @@ def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_
     row = {
         "seed": name, "loss": recipe.loss.name, "sizes": sizes, "recipe_epoch_steps": own_steps,
         "recipe_steps": result.steps, "recipe_capped": recipe_capped, "sweep_capped": sweep_capped,
+        "sweep_longest_trial_steps": int(min(longest, cap) if sweep_capped else longest),
         "base_test": result.base.get("test", {}).get(OBJECTIVE), "base_eval": result.base.get("eval", {}).get(OBJECTIVE),
         "recipe_eval": result.best["metrics"][OBJECTIVE], "recipe_test": (result.test or {}).get(OBJECTIVE),
         "sweep_eval": best[OBJECTIVE] if best else None, "sweep_test": sweep_test,
@@ -177,6 +179,7 @@ def main() -> None:
     common.table("Held-out test spearman_cosine: base model, seed recipe, best of a default sweep",
                  ["seed", "recipe loss", "train/eval/test rows", "recipe steps", "base", "recipe", "sweep",
                   "sweep - recipe", "sweep's best loss", "load"], table_rows)
+    plot_path = plot(rows, bench.out / f"{bench.stem}.png", model_label)
     met = statistics.mean(gains) >= TARGET_GAIN if gains else None
     common.table("Target", ["figure", "measured", "target", ""], [[
         "sweep - recipe, mean test spearman_cosine", round(statistics.mean(gains), 4) if gains else None,
@@ -184,12 +187,29 @@ def main() -> None:
     bench.write({
         "setup": {"model": model_label, "seeds": names, "max_steps_cap": cap, "test_split": f"1 group in {TEST_SHARE} by hash of column 1, from train and eval",
                   "sweep_overrides": sweep_overrides},
-        "target": {"mean_gain": TARGET_GAIN}, "met": met,
+        "target": {"mean_gain": TARGET_GAIN}, "met": met, "plot": plot_path,
         "mean": {"base_test": mean("base_test"), "recipe_test": mean("recipe_test"), "sweep_test": mean("sweep_test"),
                  "gain": round(statistics.mean(gains), 4) if gains else None},
         "seeds": rows,
     })
     bench.close()
+
+
+def plot(rows: list[dict], path: Path, model_label: str) -> str:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=120)
+    width = 0.27
+    for i, (key, label, color) in enumerate((("base_test", "base model", "tab:gray"), ("recipe_test", "seed recipe", "tab:orange"),
+                                             ("sweep_test", "best of default sweep", "tab:blue"))):
+        xs = [j + (i - 1) * width for j in range(len(rows))]
+        ax.bar(xs, [r[key] or 0 for r in rows], width, label=label, color=color)
+    ax.set_xticks(range(len(rows)), [f"seed {r['seed']}" for r in rows])
+    ax.set_ylabel("held-out test spearman_cosine")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_title(f"Seed recipes vs a default stune sweep, {model_label}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ stopping vs random + ASHA, several seeds each, on the full default search space 
 learning rate, batch size, warmup).
 
     python bench/search_efficiency.py            # published figures: bundled MiniLM, embedded data, 3 seeds
-    python bench/search_efficiency.py --quick    # smoke run: tiny model, 1 seed, 2-trial budget
+    python bench/search_efficiency.py --quick    # smoke run: tiny model, 1 seed, 2-trial budget, TPE+ASHA vs random
 
 The budget is B = (random search's trials) x (steps per trial). Random search without early
 stopping spends exactly B. The ASHA sweeps are given 3x as many trials and are stopped (as
@@ -80,7 +80,7 @@ def run_one(name: str, seed: int, *, base: dict, budget: int, trials: int, work)
     load = common.loadavg()
     started = time.time()
     try:
-        summary = run_sweep(config, str(work / f"{name}-seed{seed}"), on_event=tracker)
+        summary = run_sweep(config, str(work / f"{name}-seed{seed}"), on_event=tracker, force=True)
         counts = summary["counts"]
     except KeyboardInterrupt:  # stopped at the budget
         if not tracker.stopped:
@@ -111,21 +111,23 @@ def steps_to_reach(curve: list[dict], target: float, budget: int) -> int | None:
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="[0 1 2; quick 0]")
-    p.add_argument("--random-trials", type=int, default=None, help="random search's trials; budget = this x steps [8; quick 2]")
-    p.add_argument("--steps", type=int, default=None, help="max_steps per trial [20; quick 4]")
+    p.add_argument("--random-trials", type=int, default=None, help="random search's trials; budget = this x steps [6; quick 2]")
+    p.add_argument("--steps", type=int, default=None, help="max_steps per trial [16; quick 4]")
     p.add_argument("--evals", type=int, default=None, help="evaluations_per_trial = ASHA rungs [4, stune's default; quick 2]")
     p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [150 of the embedded 400]")
     p.add_argument("--concurrency", type=int, default=None, help="max_concurrent_trials [stune's default, 2; quick 1]")
     p.add_argument("--startup-trials", type=int, default=None, help="TPE startup trials [stune's default]")
     p.add_argument("--grace-period", type=int, default=None, help="ASHA grace period [stune's default]")
     p.add_argument("--reduction-factor", type=float, default=None, help="ASHA reduction factor [stune's default]")
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    p.add_argument("--strategies", nargs="+", default=None, choices=list(STRATEGIES),
+                   help="[all three; quick: tpe+asha and random, the two the target compares]")
     args = p.parse_args()
+    args.strategies = args.strategies or (["tpe+asha", "random"] if args.quick else list(STRATEGIES))
     bench = common.Bench("search_efficiency", args)
     quick = args.quick
     seeds = args.seeds or ([0] if quick else [0, 1, 2])
-    n_random = args.random_trials or (2 if quick else 8)
-    steps = args.steps or (4 if quick else 20)
+    n_random = args.random_trials or (2 if quick else 6)
+    steps = args.steps or (4 if quick else 16)
     evals = args.evals or (2 if quick else 4)
     budget = n_random * steps
     work = bench.work
@@ -217,11 +219,7 @@ def analyse(runs: list[dict], seeds: list[int], budget: int, strategies: list[st
 
 
 def plot(runs: list[dict], strategies: list[str], budget: int, path, model_label: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     colors = {"tpe+asha": "tab:blue", "random": "tab:gray", "random+asha": "tab:orange"}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for name in strategies:
@@ -239,11 +237,7 @@ def plot(runs: list[dict], strategies: list[str], budget: int, path, model_label
     ax.set_xlim(0, budget)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"plot: {path}")
-    return path
+    return common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,217 @@
+"""Resource bounds of a sweep: peak memory of each trial worker process and peak checkpoint disk.
+
+    python bench/resources.py            # published figures: 30-trial default sweep, bundled MiniLM
+    python bench/resources.py --quick    # smoke run: tiny model, 3 trials
+
+The sweep runs in this process (``tune.sweep.run_sweep``, stune's defaults: TPE + ASHA, every
+loss, 2 concurrent trials); a sampler thread reads, every 0.25 s,
+- the resident memory (RSS, and USS: memory no other process shares) of every process under this
+  one; trial workers are Ray's actor processes that ran ``run_trial`` (title ``ray::ImplicitFunc``);
+- checkpoint bytes on disk: every ``checkpoint_*`` folder and ``best/`` in the run dir, plus the
+  trials' local working checkpoints (their temp folders, put under this benchmark's own TMPDIR so
+  that nothing else on the machine is counted).
+
+Targets: peak RSS per trial worker <= 1.5 GB (MiniLM); peak checkpoint disk <=
+(concurrent trials + 1) x model size (the weights file).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+TARGET_RSS = 1.5e9
+TRIAL_TITLES = ("ImplicitFunc", "run_trial")
+MB = 1e6
+
+
+class Sampler(threading.Thread):
+    def __init__(self, run_dir: Path, tmp: Path, every: float = 0.25):
+        super().__init__(daemon=True, name="resource-sampler")
+        import psutil
+
+        self.psutil = psutil
+        self.me = psutil.Process()
+        self.run_dir, self.tmp, self.every = run_dir, tmp, every
+        self.procs: dict[int, dict] = {}
+        self.driver_rss = 0
+        self.disk_peak = 0
+        self.disk_peak_parts: dict[str, int] = {}
+        self.disk_series: list[tuple[float, int]] = []
+        self.largest_checkpoint = 0  # one trial checkpoint in the run dir (weights + optimizer state)
+        self._halt = threading.Event()
+        self.t0 = time.time()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.every)
+        self.sample()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def sample(self) -> None:
+        try:
+            self.driver_rss = max(self.driver_rss, self.me.memory_info().rss)
+            children = self.me.children(recursive=True)
+        except self.psutil.Error:
+            children = []
+        for p in children:
+            try:
+                title = " ".join(p.cmdline())[:120] or p.name()
+                mem = p.memory_full_info()
+            except (self.psutil.Error, OSError):
+                continue
+            entry = self.procs.setdefault(p.pid, {"pid": p.pid, "title": title, "rss": 0, "uss": 0, "trial": False})
+            if any(t in title for t in TRIAL_TITLES):
+                entry["trial"] = True
+                entry["title"] = title
+            entry["rss"] = max(entry["rss"], mem.rss)
+            entry["uss"] = max(entry["uss"], getattr(mem, "uss", 0))
+        parts = checkpoint_bytes(self.run_dir, self.tmp)
+        self.largest_checkpoint = max(self.largest_checkpoint, parts.pop("_largest", 0))
+        total = sum(parts.values())
+        self.disk_series.append((round(time.time() - self.t0, 2), total))
+        if total > self.disk_peak:
+            self.disk_peak, self.disk_peak_parts = total, parts
+
+    def trial_workers(self) -> list[dict]:
+        return [p for p in self.procs.values() if p["trial"]]
+
+
+def checkpoint_bytes(run_dir: Path, tmp: Path) -> dict[str, int]:
+    parts = {"run_dir_checkpoints": 0, "best": 0, "trial_local": 0}
+    if run_dir.exists():
+        for root, dirs, _ in os.walk(run_dir):
+            for d in list(dirs):
+                if d.startswith("checkpoint_"):
+                    size = common.dir_size(os.path.join(root, d))
+                    parts["run_dir_checkpoints"] += size
+                    parts["_largest"] = max(parts.get("_largest", 0), size)
+                    dirs.remove(d)
+                elif d == "best" and Path(root) == run_dir:
+                    parts["best"] += common.dir_size(os.path.join(root, d))
+                    dirs.remove(d)
+    for work in tmp.glob("stune-trial-*"):
+        parts["trial_local"] += common.dir_size(work)
+    return parts
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=None, help="[30; quick 3]")
+    p.add_argument("--steps", type=int, default=None, help="max_steps per trial [8; quick 4]")
+    p.add_argument("--evals", type=int, default=None, help="evaluations_per_trial [2]")
+    p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [100 of the embedded 400]")
+    p.add_argument("--concurrency", type=int, default=None, help="max_concurrent_trials [stune's default, 2]")
+    args = p.parse_args()
+    bench = common.Bench("resources", args)
+    quick = args.quick
+    trials = args.trials or (3 if quick else 30)
+    steps = args.steps or (4 if quick else 8)
+    evals = args.evals or 2
+    work = bench.work
+    if quick:
+        model = common.tiny_model(work)
+        data = common.tiny_data(work)
+        data.pop("test", None)
+        model_label, weights_of = "tiny random BERT (tests/tiny.py)", model
+    else:
+        model = None
+        data = {"train": str(common.DEFAULT_DATA / "train.csv"),
+                "eval": common.subset(common.DEFAULT_DATA / "eval.csv", args.eval_rows or 100, work / "eval.csv")}
+        model_label, weights_of = "all-MiniLM-L6-v2 (bundled)", common.minilm_path()
+    model_bytes = common.model_size_bytes(weights_of)
+
+    # Trial workers inherit this TMPDIR (their local checkpoints land here); Ray's own session
+    # folder stays in /tmp (a long TMPDIR would make its socket paths too long).
+    tmp = work / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    os.environ["RAY_TMPDIR"] = os.environ.get("RAY_TMPDIR", "/tmp")
+    os.environ["TMPDIR"] = str(tmp)
+
+    from trainers.config import parse_config
+    from tune.config import SweepConfig
+    from tune.sweep import run_sweep
+
+    raw = {"data": data, "trials": trials, "max_steps": steps, "evaluations_per_trial": evals}
+    if model:
+        raw["model"] = model
+    if args.concurrency:
+        raw["max_concurrent_trials"] = args.concurrency
+    config = parse_config(SweepConfig, raw)
+    concurrency = config.max_concurrent_trials
+    run_dir = work / "run"
+    print(f"resources: {trials} trials x {steps} steps, {evals} evaluations, {concurrency} concurrent, default search space, "
+          f"{model_label} ({model_bytes / MB:.1f} MB of weights); load {common.fmt_load(common.loadavg())}")
+    sampler = Sampler(run_dir, tmp)
+    sampler.start()
+    t0 = time.time()
+    try:
+        summary = run_sweep(config, str(run_dir), force=True)
+    finally:
+        sampler.stop()
+    wall = time.time() - t0
+    workers = sampler.trial_workers()
+    peak_rss = max((w["rss"] for w in workers), default=0)
+    peak_uss = max((w["uss"] for w in workers), default=0)
+    disk_bound = (concurrency + 1) * model_bytes
+    checkpoint_size = sampler.largest_checkpoint
+    rows = [[f"trial worker pid {w['pid']}", w["rss"] / MB, w["uss"] / MB] for w in workers]
+    rows.append(["driver (this process: Ray driver, baseline model, recorder)", sampler.driver_rss / MB, None])
+    common.table(f"Peak memory, MB ({summary['counts']} trials, {wall:.0f} s)", ["process", "peak RSS", "peak USS"], rows)
+    parts = {k: round(v / MB, 1) for k, v in sampler.disk_peak_parts.items()}
+    common.table("Peak checkpoint disk, MB", ["peak total", "of which run-dir checkpoints", "best/", "trials' local", "bound (concurrent+1) x weights", "one trial checkpoint (weights + optimizer state)"],
+                 [[sampler.disk_peak / MB, parts.get("run_dir_checkpoints"), parts.get("best"), parts.get("trial_local"), disk_bound / MB,
+                   checkpoint_size / MB if checkpoint_size else None]])
+    met_rss = peak_rss <= TARGET_RSS if workers else None
+    met_disk = sampler.disk_peak <= disk_bound
+    common.table("Targets", ["figure", "measured", "target", ""], [
+        ["peak RSS per trial worker", f"{peak_rss / MB:.0f} MB", f"<= {TARGET_RSS / MB:.0f} MB", common.verdict(met_rss)],
+        ["peak checkpoint disk", f"{sampler.disk_peak / MB:.0f} MB", f"<= {disk_bound / MB:.0f} MB", common.verdict(met_disk)],
+    ])
+    plot_path = plot(sampler.disk_series, disk_bound, checkpoint_size, bench.out / f"{bench.stem}.png", model_label, trials, concurrency)
+    after = checkpoint_bytes(run_dir, tmp)
+    after.pop("_largest", None)
+    print(f"checkpoint disk after the sweep: {sum(after.values()) / MB:.0f} MB ({', '.join(f'{k} {v / MB:.0f}' for k, v in after.items())})")
+    bench.write({
+        "setup": {"model": model_label, "model_weights_bytes": model_bytes, "trials": trials, "steps": steps,
+                  "evaluations_per_trial": evals, "max_concurrent_trials": concurrency, "eval_pairs": len(common.read_rows(data["eval"])[1])},
+        "targets": {"rss_bytes": TARGET_RSS, "disk_bytes": disk_bound},
+        "met": {"rss": met_rss, "disk": met_disk}, "plot": plot_path,
+        "peak_worker_rss_bytes": peak_rss, "peak_worker_uss_bytes": peak_uss, "driver_rss_bytes": sampler.driver_rss,
+        "trial_workers": workers, "other_processes": [p for p in sampler.procs.values() if not p["trial"]],
+        "peak_checkpoint_disk_bytes": sampler.disk_peak, "peak_checkpoint_disk_parts": sampler.disk_peak_parts,
+        "checkpoint_disk_after_bytes": sum(after.values()), "checkpoint_disk_after_parts": after, "one_trial_checkpoint_bytes": checkpoint_size,
+        "disk_series": sampler.disk_series[:: max(1, len(sampler.disk_series) // 400)],
+        "sweep_wall_s": round(wall, 1), "counts": summary["counts"],
+    })
+    bench.close()
+
+
+def plot(series, bound: float, checkpoint: int, path: Path, model_label: str, trials: int, concurrency: int) -> str:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    ax.plot([t for t, _ in series], [b / MB for _, b in series], lw=1, color="tab:blue", label="checkpoint bytes on disk")
+    ax.axhline(bound / MB, color="tab:red", ls="--", lw=1, label="target: (concurrent + 1) x weights")
+    if checkpoint:
+        ax.axhline((concurrency * checkpoint + bound / (concurrency + 1)) / MB, color="tab:gray", ls=":", lw=1,
+                   label="concurrent x trial checkpoint + best/")
+    ax.set_xlabel("seconds into the sweep")
+    ax.set_ylabel("MB")
+    ax.set_title(f"Checkpoint disk during a {trials}-trial sweep ({concurrency} concurrent), {model_label}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return common.save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

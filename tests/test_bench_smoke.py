@@ -1,0 +1,79 @@
+"""Smoke runs of the benchmarks in bench/ (``--quick``: tiny model, 2-3 trials), one test each, so
+that they cannot rot. The targets themselves are checked by the benchmarks, not here: a quick run
+on a tiny random model says nothing about them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(name: str, tmp_path: Path, *extra: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict | None]:
+    out = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(out), "--work", str(tmp_path / "work"), *extra],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    result = out / f"{name}-quick.json"
+    return proc, json.loads(result.read_text()) if result.exists() else None
+
+
+def check_common(result: dict, name: str) -> None:
+    assert result["benchmark"] == name and result["mode"] == "quick"
+    assert result["command"].startswith(f"python bench/{name}.py --quick")
+    assert len(result["loadavg"]["start"]) == 3 and result["machine"]["cores"] >= 1
+
+
+def test_overhead(tmp_path):
+    proc, result = run_bench("overhead", tmp_path)
+    check_common(result, "overhead")
+    assert result["ratio"] > 0 and result["first_step_b_s"] > 0
+    assert result["same_scores"], result["pairs"][0]["scores"]  # both sides did the same training
+    assert "(b)/(a)" in proc.stdout and "Targets" in proc.stdout
+
+
+def test_search_efficiency(tmp_path):
+    proc, result = run_bench("search_efficiency", tmp_path)
+    check_common(result, "search_efficiency")
+    budget = result["setup"]["budget_trial_steps"]
+    for run in result["runs"]:
+        assert run["curve"] and run["curve"][0]["trial_steps"] > 0
+        assert min(c["trial_steps"] for c in run["curve"]) <= budget
+    assert result["strategies"]["random"]["trials_run_mean"] == result["setup"]["random_trials"]
+    assert (tmp_path / "results" / "search_efficiency-quick.png").stat().st_size > 0
+
+
+def test_quality(tmp_path):
+    proc, result = run_bench("quality", tmp_path)
+    check_common(result, "quality")
+    (seed,) = result["seeds"]
+    assert seed["seed"] == "004" and seed["sizes"]["test"] > 0
+    for key in ("base_test", "recipe_test", "sweep_test"):
+        assert -1 <= seed[key] <= 1
+
+
+def test_resources(tmp_path):
+    proc, result = run_bench("resources", tmp_path)
+    check_common(result, "resources")
+    assert result["trial_workers"] and result["peak_worker_rss_bytes"] > 0
+    assert result["peak_checkpoint_disk_bytes"] > 0
+    after = result["checkpoint_disk_after_parts"]  # only best/ is left once the sweep is over
+    assert after["run_dir_checkpoints"] == 0 and after["trial_local"] == 0 and after["best"] > 0
+
+
+def test_gpu_packing(tmp_path):
+    proc, result = run_bench("gpu_packing", tmp_path)
+    if result is None:  # no GPU here: says so and measures nothing
+        assert "no GPU present" in proc.stdout
+    else:
+        check_common(result, "gpu_packing")
+        assert all(r["trial_steps_per_s"] > 0 for r in result["results"])
