@@ -146,6 +146,10 @@ def fine_tune(
         evaluator=build_evaluator(splits.eval, "eval"),
         callbacks=callbacks,
     )
+    if not verbose:  # our own log line per evaluation replaces HF's printed log dicts
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except StuneError:
