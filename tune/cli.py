@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEFAULT_TIME_BUDGET = "8m"
-DEFAULT_TRAIN_STEPS = 40
+DEFAULT_TRAIN_STEPS = 30
 
 app = typer.Typer(
     help="Hyperparameter search and training for sentence-embedding models (Ray Tune + Optuna + sentence-transformers).",
@@ -87,7 +87,7 @@ def train(
         from trainers.model import resolve_model_path
 
         # No config: the demo run on the embedded data, sized for a few minutes on 2 CPU cores.
-        cfg = load_train_config(config, **({} if config else {"max_steps": DEFAULT_TRAIN_STEPS}))
+        cfg = load_train_config(config, **({} if config else {"max_steps": DEFAULT_TRAIN_STEPS, "eval_steps": DEFAULT_TRAIN_STEPS // 2}))
         out = out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         if out.exists() and any(out.iterdir()) and not force:
             raise ConfigError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
