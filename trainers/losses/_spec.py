@@ -66,6 +66,9 @@ class ChoiceParam:
 
 Param = FloatParam | IntParam | ChoiceParam
 
+#: The inverse temperature of the ranking losses (CoSENT, AnglE, MNRL): one range for all of them.
+SCALE = FloatParam(low=5.0, high=50.0, default=20.0, log=True, doc="inverse temperature")
+
 
 @dataclass(frozen=True)
 class LossSpec:

@@ -4,9 +4,7 @@ Input: scored pairs ``(sentence1, sentence2, score)``; only the order of scores 
 ``scale`` sharpens the ranking objective (the inverse temperature).
 """
 
-from trainers.losses._spec import FloatParam, LossSpec
-
-SCALE = FloatParam(low=5.0, high=50.0, default=20.0, log=True, doc="inverse temperature")
+from trainers.losses._spec import SCALE, LossSpec
 
 
 def _build_cosent(model, scale):

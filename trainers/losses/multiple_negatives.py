@@ -4,9 +4,7 @@ Input: positive pairs ``(anchor, positive)``, optionally with a hard ``negative`
 every other positive in the batch serves as a negative, so larger batches make it harder.
 """
 
-from trainers.losses._spec import FloatParam, IntParam, LossSpec
-
-SCALE = FloatParam(low=5.0, high=50.0, default=20.0, log=True, doc="inverse temperature")
+from trainers.losses._spec import SCALE, IntParam, LossSpec
 
 
 def _build_mnrl(model, scale):
