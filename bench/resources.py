@@ -108,15 +108,15 @@ def checkpoint_bytes(run_dir: Path, tmp: Path) -> dict[str, int]:
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=None, help="[30; quick 3]")
-    p.add_argument("--steps", type=int, default=None, help="max_steps per trial [8; quick 4]")
+    p.add_argument("--steps", type=int, default=None, help="max_steps per trial [6; quick 4]")
     p.add_argument("--evals", type=int, default=None, help="evaluations_per_trial [2]")
-    p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [100 of the embedded 400]")
+    p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [50 of the embedded 400]")
     p.add_argument("--concurrency", type=int, default=None, help="max_concurrent_trials [stune's default, 2]")
     args = p.parse_args()
     bench = common.Bench("resources", args)
     quick = args.quick
     trials = args.trials or (3 if quick else 30)
-    steps = args.steps or (4 if quick else 8)
+    steps = args.steps or (4 if quick else 6)
     evals = args.evals or 2
     work = bench.work
     if quick:
@@ -127,7 +127,7 @@ def main() -> None:
     else:
         model = None
         data = {"train": str(common.DEFAULT_DATA / "train.csv"),
-                "eval": common.subset(common.DEFAULT_DATA / "eval.csv", args.eval_rows or 100, work / "eval.csv")}
+                "eval": common.subset(common.DEFAULT_DATA / "eval.csv", args.eval_rows or 50, work / "eval.csv")}
         model_label, weights_of = "all-MiniLM-L6-v2 (bundled)", common.minilm_path()
     model_bytes = common.model_size_bytes(weights_of)
 
