@@ -98,6 +98,43 @@ class Sandbox:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def start_moto_s3(bucket: str = "stune-test") -> tuple[subprocess.Popen, dict[str, str]]:
+    """A real S3 endpoint on 127.0.0.1 (moto's server mode) with ``bucket`` created.
+
+    Returns the server process (the caller stops it) and the AWS_* variables that point
+    pyarrow, boto3 and Ray at it.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"moto's S3 server did not start on 127.0.0.1:{port}")
+            time.sleep(0.2)
+    env = dict(
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
+    )
+    import pyarrow.fs
+
+    pyarrow.fs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True,
+        access_key="test", secret_key="test", region="us-east-1",
+    ).create_dir(bucket)
+    return proc, env
+
+
 def kill_sessions_using(path: str, grace: float = 3.0) -> int:
     """Kill every process in a session that has a process mentioning ``path`` on its command line.
 

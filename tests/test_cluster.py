@@ -31,6 +31,7 @@ from cluster_helpers import (  # noqa: E402
     listeners,
     one_line_error,
     session_processes,
+    start_moto_s3,
     wait_gone,
 )
 
@@ -147,32 +148,10 @@ def test_storage_helpers_local(tmp_path):
 
 @pytest.fixture
 def moto_s3(request, monkeypatch):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, env = start_moto_s3()
     request.addfinalizer(lambda: (proc.kill(), proc.wait()))
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    for k, v in dict(
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{port}",
-    ).items():
+    for k, v in env.items():
         monkeypatch.setenv(k, v)
-    import pyarrow.fs
-
-    pyarrow.fs.S3FileSystem(
-        endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True
-    ).create_dir("stune-test")
     return "s3://stune-test/runs"
 
 
