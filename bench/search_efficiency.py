@@ -141,7 +141,8 @@ def main() -> None:
         data = {"train": str(common.DEFAULT_DATA / "train.csv"),
                 "eval": common.subset(common.DEFAULT_DATA / "eval.csv", args.eval_rows or 100, work / "eval.csv")}
         model_label = "all-MiniLM-L6-v2 (bundled)"
-    base = {"data": data, "max_steps": steps, "evaluations_per_trial": evals}
+    # initial_points: []: no recipe-first trial, so each strategy is measured from its own proposals
+    base = {"data": data, "max_steps": steps, "evaluations_per_trial": evals, "initial_points": []}
     if model:
         base["model"] = model
     if args.concurrency or quick:

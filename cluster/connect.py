@@ -161,7 +161,8 @@ def connect(
     if target is None:
         _set_loopback_mode(True)
         ray.init(
-            address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=log_to_driver
+            address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+            log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver),
         )
         info = _info(None, local=True, loopback=True)
     else:
@@ -186,7 +187,7 @@ def connect(
         _set_loopback_mode(loopback)
         _refresh_ray_auth()
         try:
-            ray.init(address=target, log_to_driver=log_to_driver)
+            ray.init(address=target, log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver))
         except (ConnectionError, RuntimeError) as e:
             disconnect()
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -194,6 +195,14 @@ def connect(
         info = _info(target, local=False, loopback=loopback)
     _current = (key, info)
     return info
+
+
+def _ray_logging_level(log_to_driver: bool) -> int:
+    """Ray's own start-up lines ("Started a local Ray instance", the token-auth notice) only
+    when the caller wants the workers' output too; quiet callers print their own summary."""
+    import logging
+
+    return logging.INFO if log_to_driver else logging.ERROR
 
 
 def disconnect() -> None:

@@ -118,15 +118,22 @@ def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
     assert_user_error(run_stune("export", run_dir, "--out", out), "--out", "--force")
 
 
-def test_seed_makes_sweeps_choose_the_same_first_trials(tiny_model, scored_data, tmp_path):
+def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
     from tune.sweep import run_sweep
 
+    recipe = {"loss": {"name": "TripletLoss", "margin": 0.4}, "learning_rate": 1e-3, "per_device_train_batch_size": 16}
     firsts = []
     for name in ("a", "b"):
-        config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=3, max_steps=2, seed=11, scheduler="none"))
+        config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=3, max_steps=2, seed=11,
+                                                        scheduler="none", max_concurrent_trials=1, **recipe))
         run_sweep(config, str(tmp_path / name))
-        rows = read_trials(tmp_path / name)
-        firsts.append(sorted((r["loss"], r["learning_rate"], r["per_device_train_batch_size"]) for r in rows))
+        rows = sorted(read_trials(tmp_path / name), key=lambda r: int(r["number"]))
+        # The first trial is the config's own recipe; the searcher picks what it leaves open.
+        first = rows[0]
+        assert (first["loss"], float(first["margin"]), float(first["learning_rate"]), first["per_device_train_batch_size"]) \
+            == ("TripletLoss", 0.4, 1e-3, "16"), first
+        assert first["distance"] != ""
+        firsts.append([(r["loss"], r["learning_rate"], r["per_device_train_batch_size"]) for r in rows])
     assert firsts[0] == firsts[1]
 
 

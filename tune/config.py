@@ -175,7 +175,9 @@ class SweepConfig(TrainConfig):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float | None = Field(None, ge=0, description="None: 1 when the cluster has GPUs, else 0")
     evaluations_per_trial: int = Field(3, ge=1, description="eval_steps = steps / this, unless eval_steps is set")
-    initial_points: list[dict[str, Any]] = Field(default_factory=list)
+    # None: the config's own recipe (its loss and hyperparameters, where the space holds them)
+    # is the first trial, so a sweep starts from what `stune train` would do; []: no warm start.
+    initial_points: list[dict[str, Any]] | None = None
     max_failures: int = Field(2, ge=0)
     time_budget: str | None = None
     startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the space")
@@ -201,7 +203,7 @@ class SweepConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _initial_points_valid(self) -> "SweepConfig":
-        for i, point in enumerate(self.initial_points):
+        for i, point in enumerate(self.initial_points or []):
             loss = point.get("loss", self.loss.name)
             try:
                 spec = get_loss(loss)

@@ -61,6 +61,26 @@ class SearchSpace:
         }
 
 
+def recipe_point(config: SweepConfig, space: SearchSpace) -> dict[str, Any] | None:
+    """The config's own recipe as a first point, in Optuna parameter names: its loss, that loss's
+    params and the training hyperparameters, each only where the space searches it and holds the
+    value (a value outside a range is left to the searcher). None when the loss is not searched."""
+    loss = config.loss.name
+    if loss not in space.losses:
+        return None
+    point: dict[str, Any] = {"loss": loss}
+    given = {f"{loss}.{k}": v for k, v in config.loss.params.items()}
+    given.update({name: getattr(config, name) for name in space.training_dims if hasattr(config, name)})
+    dims = {**{f"{loss}.{k}": d for k, d in space.loss_dims[loss].items()}, **space.training_dims}
+    for name, value in given.items():
+        dim = dims.get(name)
+        if isinstance(dim, Range) and value is not None and dim.low <= value <= dim.high:
+            point[name] = value
+        elif isinstance(dim, list) and len(dim) > 1 and value in dim:
+            point[name] = value
+    return point
+
+
 def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """Flat trial params (``loss``, ``TripletLoss.margin``, ``learning_rate``...) -> config keys.
 

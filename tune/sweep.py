@@ -15,7 +15,7 @@ from typing import Any, Callable
 from trainers.errors import StuneError
 from tune.config import SweepConfig, parse_duration
 from tune.rundir import SUMMARY, SWEEP, RunDir
-from tune.space import SearchSpace, initial_point_params
+from tune.space import SearchSpace, initial_point_params, recipe_point
 from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
@@ -260,7 +260,10 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=startup),
         "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup),
     }[config.searcher]()
-    points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
+    if config.initial_points is None:  # the config's own recipe first: the sweep starts from it
+        points = [point] if (point := recipe_point(config, space)) else []
+    else:
+        points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
     from tune.study import open_storage, study_name
 
     searcher = OptunaSearch(
