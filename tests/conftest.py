@@ -20,3 +20,14 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def scored_data(tmp_path_factory) -> dict[str, str]:
     return make_scored_data(tmp_path_factory.mktemp("data"))
+
+
+# The slowest files first, so that with two xdist workers (--dist loadfile) no long file starts
+# last and runs alone (longest-processing-time-first scheduling).
+SLOWEST_FIRST = ["test_reliability.py", "test_bench_smoke.py", "test_cluster_sweep.py", "test_sweep.py",
+                 "test_cluster.py", "test_report.py", "test_progress.py", "test_minilm.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

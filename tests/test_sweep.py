@@ -1,6 +1,7 @@
 """``stune sweep`` / ``stune export`` on real Ray (in-process, loopback only) with the tiny model."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,8 @@ def finished_sweep(tiny_model, scored_data, tmp_path_factory):
     from tune.sweep import run_sweep
 
     run_dir = tmp_path_factory.mktemp("sweeps") / "run"
-    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data))
+    # random: proposals that do not depend on which trial finished first (TPE + constant liar does)
+    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, searcher="random"))
     disk_samples = []
 
     def watch_disk(kind, row, recorder):  # sampled while the sweep runs
@@ -171,3 +173,21 @@ def test_resume_and_export_need_a_real_sweep(tiny_model, scored_data, tmp_path):
     (run / "sweep.json").write_text(json.dumps({"config": sweep_config(tiny_model, scored_data), "baseline": {OBJECTIVE: 0.1}}))
     assert_user_error(run_stune("export", run, "--out", tmp_path / "m"), "nothing to export")
     assert not (tmp_path / "m").exists()
+
+
+def test_time_budget_ends_the_sweep_and_names_the_trials_it_cut(tiny_model, scored_data, tmp_path):
+    """The no-config sweep relies on --time-budget: trials running when it ends are recorded as
+    stopped by it (not left 'running'), their checkpoints are cleaned up, and nothing new starts."""
+    from tune.sweep import run_sweep
+
+    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=40, max_steps=5000,
+                                                    scheduler="none", time_budget="20s"))
+    t0 = time.time()
+    summary = run_sweep(config, str(tmp_path / "run"))
+    assert time.time() - t0 < 120
+    rows = read_trials(tmp_path / "run")
+    assert summary["counts"]["out_of_time"] >= 1, summary["counts"]
+    # never "running" once the sweep is over; trials Ray had queued but not started stay "pending"
+    assert {r["status"] for r in rows} <= {"completed", "stopped_early", "out_of_time", "pending"}, rows
+    assert len(rows) < 40
+    assert checkpoint_dirs(tmp_path / "run") == []

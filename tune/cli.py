@@ -198,7 +198,8 @@ def _print_sweep_summary(summary: dict) -> None:
     base = summary["baseline"]["spearman_cosine"]
     console.print(
         f"trials: {counts['completed']} completed, {counts['stopped_early']} stopped early, "
-        f"{counts['errored']} errored  ({summary['wall_seconds']:.0f} s)"
+        + (f"{counts['out_of_time']} stopped by the time budget, " if counts.get("out_of_time") else "")
+        + f"{counts['errored']} errored  ({summary['wall_seconds']:.0f} s)"
     )
     if best is None:
         console.print("[red]no trial finished an evaluation[/red]")

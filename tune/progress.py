@@ -26,7 +26,7 @@ from typing import Any, Iterator, TextIO
 
 from tune.trainable import OBJECTIVE
 
-DONE = ("completed", "stopped_early", "errored")
+DONE = ("completed", "stopped_early", "out_of_time", "errored")
 _TERSE = {"learning_rate": "lr", "per_device_train_batch_size": "batch", "warmup_ratio": "warmup", "weight_decay": "wd"}
 
 

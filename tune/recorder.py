@@ -26,7 +26,7 @@ log = logging.getLogger("stune.sweep")
 BEST_JSON = "best.json"
 FIXED_COLUMNS = ["trial_id", "number", "status", "loss"]
 RESULT_COLUMNS = [OBJECTIVE, "best_step", "steps", "total_steps", "node", "seconds", "error"]
-DONE = ("completed", "stopped_early", "errored")
+DONE = ("completed", "stopped_early", "out_of_time", "errored")
 
 
 class SweepRecorder(Callback):
@@ -38,6 +38,7 @@ class SweepRecorder(Callback):
         self.best: dict[str, Any] | None = None
         self._started: dict[str, float] = {}
         self._finished_before: set[str] = set()  # done before a --resume, restarted by Ray's older state
+        self._ended_trials: dict[str, Any] = {}
 
     # Ray calls setup() on a fresh run and again after Tuner.restore.
     def setup(self, **info):
@@ -127,6 +128,7 @@ class SweepRecorder(Callback):
         self._finish(trial, row)
 
     def on_experiment_end(self, trials, **info):
+        self._ended_trials = {trial.trial_id: trial for trial in trials}
         for trial in trials:  # trials never started (time budget) stay visible as pending
             self._row(trial)
         known = {trial.trial_id for trial in trials}
@@ -136,6 +138,17 @@ class SweepRecorder(Callback):
                 # saved state: Ray's searcher made another trial in its place.
                 row["status"] = "errored"
                 row["error"] = "lost: the sweep was killed before Ray saved this trial; another trial replaced it"
+        self._write()
+
+    def close_out_of_time(self) -> None:
+        """After ``time_budget`` ended the sweep: trials still running were stopped by it, not by
+        ASHA or an error. Their evaluations so far count (best/ may come from one of them)."""
+        for trial_id, row in self.rows.items():
+            if row["status"] == "running":
+                row["status"] = "out_of_time"
+                trial = self._ended_trials.get(trial_id)
+                if trial is not None:
+                    self._finish(trial, row)
         self._write()
 
     # -- helpers
@@ -167,7 +180,7 @@ class SweepRecorder(Callback):
             self.on_event(kind, row, self)
 
     def counts(self) -> dict[str, int]:
-        counts = {status: 0 for status in ("completed", "stopped_early", "errored", "running", "pending")}
+        counts = {status: 0 for status in ("completed", "stopped_early", "out_of_time", "errored", "running", "pending")}
         for row in self.rows.values():
             counts[row["status"]] = counts.get(row["status"], 0) + 1
         return counts
@@ -175,6 +188,7 @@ class SweepRecorder(Callback):
     def __getstate__(self):  # the progress display is not part of the experiment state
         state = dict(self.__dict__)
         state["on_event"] = None
+        state["_ended_trials"] = {}
         return state
 
 

@@ -50,7 +50,8 @@ KEY_PLOTS = ("optimization_history", "spearman_by_loss", "learning_curves", "par
 REPORT_HTML = "report.html"
 OVERVIEW = "overview.png"  # every plot on one page (the README's picture of a report)
 TOP_CURVES = 5
-STATUS_COLORS = {"completed": "#2b8a3e", "stopped_early": "#e8a33d", "errored": "#c92a2a", "running": "#1c7ed6", "pending": "#868e96"}
+STATUS_COLORS = {"completed": "#2b8a3e", "stopped_early": "#e8a33d", "out_of_time": "#9c36b5", "errored": "#c92a2a",
+                 "running": "#1c7ed6", "pending": "#868e96"}
 
 
 
@@ -374,7 +375,7 @@ def plot_spearman_by_loss(data: RunData):
         for t in (t for t in scored if t["loss"] == loss):
             ax.scatter(i + jitter.uniform(-0.12, 0.12), t[OBJECTIVE], s=28, zorder=3,
                        color=STATUS_COLORS.get(t["status"], "#333333"), edgecolors="white", linewidths=0.5)
-    for status in ("completed", "stopped_early", "errored", "running"):
+    for status in ("completed", "stopped_early", "out_of_time", "errored", "running"):
         if any(t["status"] == status for t in scored):
             ax.scatter([], [], color=STATUS_COLORS[status], label=status.replace("_", " "))
     _baseline_line(ax, data)
@@ -529,8 +530,9 @@ def headline(data: RunData) -> list[str]:
     planned = (data.sweep.get("config") or {}).get("trials")
     lines = [
         f"{data.run_dir.uri}: {data.state()}",
-        f"trials: {counts['completed']} completed, {counts['stopped_early']} stopped early, {counts['errored']} errored, "
-        f"{counts['running']} running" + (f" of {planned} planned" if planned else ""),
+        f"trials: {counts['completed']} completed, {counts['stopped_early']} stopped early, "
+        + (f"{counts['out_of_time']} stopped by the time budget, " if counts.get("out_of_time") else "")
+        + f"{counts['errored']} errored, {counts['running']} running" + (f" of {planned} planned" if planned else ""),
     ]
     scored = data.scored()
     if scored:

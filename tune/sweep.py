@@ -185,6 +185,8 @@ def run_sweep(
         upload_study(force=True)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
         raise KeyboardInterrupt
+    if config.time_budget:
+        recorder.close_out_of_time()
     summary = write_summary(run_dir, config, space, recorder, baseline, seconds=time.time() - started)
     return summary
 
@@ -260,8 +262,11 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=startup),
         "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup),
     }[config.searcher]()
-    if config.initial_points is None:  # the config's own recipe first: the sweep starts from it
-        points = [point] if (point := recipe_point(config, space)) else []
+    if config.initial_points is None:
+        # The config's own recipe first, so the sweep starts from what `stune train` gives; a warm
+        # start instead begins from the old sweep's trials, which tell the searcher more.
+        point = None if seed_trials else recipe_point(config, space)
+        points = [point] if point else []
     else:
         points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
     from tune.study import open_storage, study_name
