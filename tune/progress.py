@@ -59,7 +59,8 @@ def _short(value) -> str:
     return f"{number:.1e}" if abs(number) < 1e-2 else f"{number:.3g}"
 
 
-def _number(value) -> float | None:
+def finite_number(value) -> float | None:
+    """A finite float, or None for blanks, text, NaN and inf (CSV cells, reported metrics)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -121,7 +122,7 @@ class SweepProgress:
             self.baseline = None
         for trial, row in recorder.rows.items():  # a resumed sweep: trials that were running
             if row.get("status") == "running":
-                self.running.setdefault(trial, {"loss": row.get("loss"), "step": _number(row.get("steps")), "total": row.get("total_steps"), "last": None})
+                self.running.setdefault(trial, {"loss": row.get("loss"), "step": finite_number(row.get("steps")), "total": row.get("total_steps"), "last": None})
 
     def _update_best(self, recorder) -> None:
         best = getattr(recorder, "best", None)
@@ -181,10 +182,10 @@ class PlainProgress(SweepProgress):
 
     def line(self, row: dict[str, Any]) -> str:
         width = len(str(self.planned))
-        score = _number(row.get(OBJECTIVE))
+        score = finite_number(row.get(OBJECTIVE))
         steps = f"{row.get('steps') or 0}/{row.get('total_steps') or '?'} steps"
         what = f"{OBJECTIVE} {score:.4f} (step {row.get('best_step')})" if score is not None else f"{OBJECTIVE} –"
-        seconds = _number(row.get("seconds"))
+        seconds = finite_number(row.get("seconds"))
         status = row.get("status", "?").replace("_", " ")
         if row.get("status") == "errored" and row.get("error"):
             status += f" ({str(row['error'])[:80]})"
@@ -235,7 +236,7 @@ class LiveProgress(SweepProgress):
                     table.add_column(name, justify=justify)
                 for trial, state in sorted(self.running.items()):
                     step = f"{state.get('step') or 0}/{state.get('total') or '?'}" if state.get("step") is not None else "starting"
-                    last = _number(state.get("last"))
+                    last = finite_number(state.get("last"))
                     table.add_row(trial, str(state.get("loss") or ""), step, f"{last:.4f}" if last is not None else "–")
                 parts.append(table)
         title = f"stune sweep {self.run_name}".strip()

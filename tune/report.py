@@ -32,6 +32,7 @@ from typing import Any, Callable
 import pyarrow.fs as pafs
 
 from trainers.errors import StuneError
+from tune.progress import finite_number as _number
 from tune.rundir import SUMMARY, SWEEP, TRIALS, RunDir
 from tune.trainable import OBJECTIVE
 
@@ -151,14 +152,6 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
             number = _number(value)
             out[key] = value if number is None else (int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number)
     return out
-
-
-def _number(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _read_curves(run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:
