@@ -15,6 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# reuse_actors: before a trial's actor takes the next trial, Ray waits this long for the old
+# trial's training thread to stop, which happens at its next report. Ray's 2 s default is shorter
+# than one CPU training step or evaluation under load; when it runs out, Ray errors the *new*
+# trial ("Could not re-use actor ... reset_config()", seen in bench/quality.py on a loaded
+# machine). Set here, in the module every trial actor imports, so it holds on remote nodes too.
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
+
 OBJECTIVE = "spearman_cosine"
 BEST_OBJECTIVE = "best_spearman_cosine"  # the trial's best so far: what ASHA and Optuna rank by
 BEST_NOTE = "stune_best.txt"
