@@ -98,11 +98,11 @@ class Sandbox:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_moto_s3(bucket: str = "stune-test") -> tuple[subprocess.Popen, dict[str, str]]:
+def start_moto_s3(bucket: str = "stune-test"):
     """A real S3 endpoint on 127.0.0.1 (moto's server mode) with ``bucket`` created.
 
-    Returns the server process (the caller stops it) and the AWS_* variables that point
-    pyarrow, boto3 and Ray at it.
+    Returns the server process (the caller stops it), the AWS_* variables that point pyarrow,
+    boto3 and Ray at it, and a pyarrow S3FileSystem on it (to look at what was written).
     """
     port = free_port()
     proc = subprocess.Popen(
@@ -128,11 +128,12 @@ def start_moto_s3(bucket: str = "stune-test") -> tuple[subprocess.Popen, dict[st
     )
     import pyarrow.fs
 
-    pyarrow.fs.S3FileSystem(
+    fs = pyarrow.fs.S3FileSystem(
         endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True,
         access_key="test", secret_key="test", region="us-east-1",
-    ).create_dir(bucket)
-    return proc, env
+    )
+    fs.create_dir(bucket)
+    return proc, env, fs
 
 
 def kill_sessions_using(path: str, grace: float = 3.0) -> int:

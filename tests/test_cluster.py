@@ -148,7 +148,7 @@ def test_storage_helpers_local(tmp_path):
 
 @pytest.fixture
 def moto_s3(request, monkeypatch):
-    proc, env = start_moto_s3()
+    proc, env, _ = start_moto_s3()
     request.addfinalizer(lambda: (proc.kill(), proc.wait()))
     for k, v in env.items():
         monkeypatch.setenv(k, v)

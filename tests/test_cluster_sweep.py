@@ -100,12 +100,8 @@ def test_sweep_runs_trials_on_both_nodes_of_a_real_cluster_and_exports(sandbox, 
 
 @pytest.fixture
 def s3(request):
-    proc, env = start_moto_s3("stune-test")
+    proc, env, fs = start_moto_s3("stune-test")
     request.addfinalizer(lambda: (proc.kill(), proc.wait()))
-    import pyarrow.fs
-
-    fs = pyarrow.fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL_S3"].split("//")[1], scheme="http",
-                                 access_key="test", secret_key="test", region="us-east-1")
     return {**os.environ, **env}, fs
 
 

@@ -192,15 +192,13 @@ def _data_folder(folder: Path) -> dict[str, str]:
 def _print_sweep_summary(summary: dict) -> None:
     from rich.console import Console
 
+    from tune.progress import describe_counts
+
     console = Console()
     counts = summary["counts"]
     best = summary["best"]
     base = summary["baseline"]["spearman_cosine"]
-    console.print(
-        f"trials: {counts['completed']} completed, {counts['stopped_early']} stopped early, "
-        + (f"{counts['out_of_time']} stopped by the time budget, " if counts.get("out_of_time") else "")
-        + f"{counts['errored']} errored  ({summary['wall_seconds']:.0f} s)"
-    )
+    console.print(f"trials: {describe_counts(counts)}  ({summary['wall_seconds']:.0f} s)")
     if best is None:
         console.print("[red]no trial finished an evaluation[/red]")
         return

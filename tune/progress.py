@@ -24,9 +24,9 @@ import threading
 import time
 from typing import Any, Iterator, TextIO
 
+from tune.rundir import DONE
 from tune.trainable import OBJECTIVE
 
-DONE = ("completed", "stopped_early", "out_of_time", "errored")
 _TERSE = {"learning_rate": "lr", "per_device_train_batch_size": "batch", "warmup_ratio": "warmup", "weight_decay": "wd"}
 
 
@@ -57,6 +57,13 @@ def _short(value) -> str:
     if isinstance(value, int) or number.is_integer() and abs(number) < 1e4:
         return str(int(number))
     return f"{number:.1e}" if abs(number) < 1e-2 else f"{number:.3g}"
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``3 completed, 3 stopped early, 2 stopped by the time budget, 0 errored`` (the time budget
+    only when it stopped any): the end-of-sweep and report headlines."""
+    out_of_time = f"{counts['out_of_time']} stopped by the time budget, " if counts.get("out_of_time") else ""
+    return f"{counts['completed']} completed, {counts['stopped_early']} stopped early, {out_of_time}{counts['errored']} errored"
 
 
 def finite_number(value) -> float | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tune.rundir import BEST, TRIALS, RunDir
+from tune.rundir import BEST, DONE, TRIAL_STATUSES, TRIALS, RunDir
 from tune.trainable import BEST_OBJECTIVE, ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
@@ -26,7 +26,6 @@ log = logging.getLogger("stune.sweep")
 BEST_JSON = "best.json"
 FIXED_COLUMNS = ["trial_id", "number", "status", "loss"]
 RESULT_COLUMNS = [OBJECTIVE, "best_step", "steps", "total_steps", "node", "seconds", "error"]
-DONE = ("completed", "stopped_early", "out_of_time", "errored")
 
 
 class SweepRecorder(Callback):
@@ -180,7 +179,7 @@ class SweepRecorder(Callback):
             self.on_event(kind, row, self)
 
     def counts(self) -> dict[str, int]:
-        counts = {status: 0 for status in ("completed", "stopped_early", "out_of_time", "errored", "running", "pending")}
+        counts = {status: 0 for status in TRIAL_STATUSES}
         for row in self.rows.values():
             counts[row["status"]] = counts.get(row["status"], 0) + 1
         return counts

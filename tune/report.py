@@ -32,6 +32,7 @@ from typing import Any, Callable
 import pyarrow.fs as pafs
 
 from trainers.errors import StuneError
+from tune.progress import describe_counts
 from tune.progress import finite_number as _number
 from tune.rundir import SUMMARY, SWEEP, TRIALS, RunDir
 from tune.trainable import OBJECTIVE
@@ -368,7 +369,7 @@ def plot_spearman_by_loss(data: RunData):
         for t in (t for t in scored if t["loss"] == loss):
             ax.scatter(i + jitter.uniform(-0.12, 0.12), t[OBJECTIVE], s=28, zorder=3,
                        color=STATUS_COLORS.get(t["status"], "#333333"), edgecolors="white", linewidths=0.5)
-    for status in ("completed", "stopped_early", "out_of_time", "errored", "running"):
+    for status in STATUS_COLORS:
         if any(t["status"] == status for t in scored):
             ax.scatter([], [], color=STATUS_COLORS[status], label=status.replace("_", " "))
     _baseline_line(ax, data)
@@ -523,9 +524,7 @@ def headline(data: RunData) -> list[str]:
     planned = (data.sweep.get("config") or {}).get("trials")
     lines = [
         f"{data.run_dir.uri}: {data.state()}",
-        f"trials: {counts['completed']} completed, {counts['stopped_early']} stopped early, "
-        + (f"{counts['out_of_time']} stopped by the time budget, " if counts.get("out_of_time") else "")
-        + f"{counts['errored']} errored, {counts['running']} running" + (f" of {planned} planned" if planned else ""),
+        f"trials: {describe_counts(counts)}, {counts['running']} running" + (f" of {planned} planned" if planned else ""),
     ]
     scored = data.scored()
     if scored:

@@ -25,6 +25,9 @@ TRIALS = "trials.csv"
 BEST = "best"
 SWEEP = "sweep.json"
 RAY_STATE_PREFIX = "experiment_state"
+# A trial's status in trials.csv: the first four are final, the last two are not (yet).
+DONE = ("completed", "stopped_early", "out_of_time", "errored")
+TRIAL_STATUSES = (*DONE, "running", "pending")
 
 
 @dataclass(frozen=True)
