@@ -20,18 +20,22 @@ copies of them are set to match the target; :func:`disconnect` restores them.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 from .auth import AUTH_MODE_VAR, client_auth_env
 from .errors import ClusterError
 from .local import LOOPBACK_VAR, check_cluster, find_address
 from .probe import parse_address
 
-__all__ = ["ClusterError", "ConnectionInfo", "connect", "disconnect"]
+__all__ = ["ClusterError", "ConnectionInfo", "connect", "disconnect", "ray_starts_shielded_from_ctrl_c", "stop_ray_and_its_agents"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +164,11 @@ def connect(
     _saved_env = {k: os.environ.get(k) for k in _TOUCHED}
     if target is None:
         _set_loopback_mode(True)
+        # Workers Ray starts ahead of time go unused by a sweep (Ray Tune's trial actors carry a
+        # runtime_env, so they get workers of their own) and compete with its first trials for
+        # the CPU: 1 s later first training step on 2 cores (bench/overhead.py).
+        os.environ.setdefault("RAY_enable_worker_prestart", "0")
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         ray.init(
             address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
             log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver),
@@ -221,3 +230,53 @@ def disconnect() -> None:
         _set_loopback_mode(None if before is None else before.strip() in ("0", "false", "False"))
         _apply_env({k: v for k, v in _saved_env.items() if k != LOOPBACK_VAR})
         _saved_env = None
+
+
+@contextlib.contextmanager
+def ray_starts_shielded_from_ctrl_c() -> Iterator[None]:
+    """Around ``ray.init``: SIGINT is blocked, and the processes Ray starts (GCS, raylet, its
+    agents, later the workers) inherit the block. A terminal's Ctrl-C goes to the whole process
+    group: without this, it killed the raylet half-way and left its agents running with no parent.
+    Now it reaches stune alone, when the block ends (a Ctrl-C meanwhile is kept pending, not lost),
+    and stune stops Ray in order."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    # The mask is per thread and another thread may take the signal: a handler that only notes it
+    # keeps ray.init from being cut half-way whichever thread does.
+    pending: list[int] = []
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # runs the handler of a pending SIGINT
+        signal.signal(signal.SIGINT, previous_handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def stop_ray_and_its_agents() -> None:
+    """``ray.shutdown`` (it stops the processes of a local Ray even when its start was cut short,
+    which ``cluster.connect.disconnect`` skips), then end whatever the local raylet had started
+    and left running: stopped while its agents still start up, Ray leaves them behind, parentless."""
+    import psutil
+    import ray
+
+    started: list = []
+    try:  # Ray's own record of the processes it started here (private; best effort)
+        from ray._private import ray_constants, worker
+
+        node = worker._global_node
+        for info in (node.all_processes if node is not None else {}).get(ray_constants.PROCESS_TYPE_RAYLET, []):
+            started += psutil.Process(info.process.pid).children(recursive=True)
+    except Exception:  # noqa: BLE001
+        log.debug("could not list the raylet's processes", exc_info=True)
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - already failing; the original error is the one to show
+        log.debug("ray.shutdown failed", exc_info=True)
+    _, alive = psutil.wait_procs(started, timeout=5)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ray.tune import Stopper
 
@@ -31,11 +31,18 @@ class StopOnTrialError(Stopper):
     """Stops a trial at the result that carries its error (before the scheduler or the searcher
     see it: Optuna records the trial as pruned, at its last good evaluation if it had one)."""
 
+    def __init__(self, abort_when: Callable[[], bool] | None = None):
+        self.abort_when = abort_when  # and the whole sweep, once this says so
+
     def __call__(self, trial_id: str, result: dict) -> bool:
         return bool(result.get(ERROR_KEY))
 
     def stop_all(self) -> bool:
-        return False
+        return bool(self.abort_when and self.abort_when())
+
+    def __getstate__(self) -> dict:
+        # Ray saves the stopper with the experiment; what abort_when watches lives in this process only.
+        return {"abort_when": None}
 
 
 @dataclass
@@ -82,56 +89,6 @@ def graceful_ctrl_c() -> Iterator[Interruption]:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
-
-
-@contextlib.contextmanager
-def ray_starts_shielded_from_ctrl_c() -> Iterator[None]:
-    """Around ``ray.init``: SIGINT is blocked, and the processes Ray starts (GCS, raylet, its
-    agents, later the workers) inherit the block. A terminal's Ctrl-C goes to the whole process
-    group: without this, it killed the raylet half-way and left its agents running with no parent.
-    Now it reaches stune alone, when the block ends (a Ctrl-C meanwhile is kept pending, not lost),
-    and stune stops Ray in order."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    # The mask is per thread and another thread may take the signal: a handler that only notes it
-    # keeps ray.init from being cut half-way whichever thread does.
-    pending: list[int] = []
-    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # runs the handler of a pending SIGINT
-        signal.signal(signal.SIGINT, previous_handler)
-    if pending:
-        raise KeyboardInterrupt
-
-
-def stop_ray_and_its_agents() -> None:
-    """``ray.shutdown`` (it stops the processes of a local Ray even when its start was cut short,
-    which ``cluster.connect.disconnect`` skips), then end whatever the local raylet had started
-    and left running: stopped while its agents still start up, Ray leaves them behind, parentless."""
-    import psutil
-    import ray
-
-    started: list = []
-    try:  # Ray's own record of the processes it started here (private; best effort)
-        from ray._private import ray_constants, worker
-
-        node = worker._global_node
-        for info in (node.all_processes if node is not None else {}).get(ray_constants.PROCESS_TYPE_RAYLET, []):
-            started += psutil.Process(info.process.pid).children(recursive=True)
-    except Exception:  # noqa: BLE001
-        log.debug("could not list the raylet's processes", exc_info=True)
-    try:
-        ray.shutdown()
-    except Exception:  # noqa: BLE001 - already failing; the original error is the one to show
-        log.debug("ray.shutdown failed", exc_info=True)
-    _, alive = psutil.wait_procs(started, timeout=5)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
 
 
 def resume_hint(out: str, storage: str | None = None) -> str:

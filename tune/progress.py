@@ -96,6 +96,10 @@ class SweepProgress:
 
     # -- events
     def __call__(self, kind: str, row: dict[str, Any], recorder) -> None:
+        if kind == "baseline":  # the untuned model's scores, ready some time after the start
+            with self.lock:
+                self.baseline = row.get(OBJECTIVE)
+            return self.on_update(kind, row)
         with self.lock:
             if self._recorder is None:
                 self._attach(recorder)
@@ -124,9 +128,9 @@ class SweepProgress:
         try:
             from tune.rundir import SWEEP
 
-            self.baseline = run_dir.read_json(SWEEP).get("baseline", {}).get(OBJECTIVE)
+            self.baseline = (run_dir.read_json(SWEEP).get("baseline") or {}).get(OBJECTIVE, self.baseline)
         except Exception:  # the display goes on without the baseline
-            self.baseline = None
+            pass
         for trial, row in recorder.rows.items():  # a resumed sweep: trials that were running
             if row.get("status") == "running":
                 self.running.setdefault(trial, {"loss": row.get("loss"), "step": finite_number(row.get("steps")), "total": row.get("total_steps"), "last": None})

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from trainers.errors import StuneError
@@ -25,6 +27,10 @@ log = logging.getLogger("stune.sweep")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# Ray's TensorBoard logger costs the driver a 2.5 s tensorboardX import before the first trial;
+# trials write their own TensorBoard events (RUN_DIR/trial_<id>/tensorboard). Ray's CSV and JSON
+# loggers (result.json: stune report) are passed explicitly instead.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # A trial that cannot go on reports its error without a score (tune.faults): Ray must not
 # insist on the searcher's metric in that one result.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -83,14 +89,16 @@ def run_sweep(
 
     import ray
 
-    from cluster.connect import connect, disconnect
+    from cluster.connect import connect, disconnect, ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents
 
-    # The untuned model is scored while Ray starts: importing torch and sentence-transformers and
-    # evaluating take about as long as Ray's start-up, which mostly waits on its own processes
-    # (on 2 heavily loaded CPU cores the first training step came 3-12 s earlier; bench/overhead.py).
-    baseline_job = _Background(_baseline, run_dir, config, splits, resume)
-    from tune.faults import ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents
-
+    # The untuned model is scored in the background once the first trial has started: importing
+    # torch and sentence-transformers and evaluating took ~20 s on 2 cores, and waiting for it put
+    # the first training step 25 s after a plain script's; started at once, its imports held the
+    # GIL while Ray Tune set up (bench/overhead.py). sweep.json gets the score when it is ready;
+    # the summary waits for it.
+    known = run_dir.read_json(SWEEP).get("baseline") if resume else None
+    first_trial_started = threading.Event()
+    baseline_job = in_background(_baseline, config, splits, known, first_trial_started)
     try:
         with ray_starts_shielded_from_ctrl_c():
             connection = connect(address, log_to_driver=verbose)
@@ -104,13 +112,17 @@ def run_sweep(
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     space = SearchSpace(config)
-    baseline = baseline_job.result()
-    if not resume:
-        run_dir.write_json(SWEEP, {
-            "config": config.model_dump(mode="json"), "space": space.describe(), "baseline": baseline,
+    if resume:
+        sweep_doc = run_dir.read_json(SWEEP)
+    else:
+        sweep_doc = {
+            "config": config.model_dump(mode="json"), "space": space.describe(), "baseline": None,
             "warm_start_from": warm_start_from, "mlflow": mlflow,
-        })
-    log.info("baseline (untuned %s): eval %s %.4f", config.model or "bundled all-MiniLM-L6-v2", OBJECTIVE, baseline[OBJECTIVE])
+        }
+        run_dir.write_json(SWEEP, sweep_doc)
+    baseline_job.add_done_callback(lambda job: _publish_baseline(job, run_dir, sweep_doc, config, on_event))
+
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from tune.faults import StopOnTrialError, graceful_ctrl_c
     from tune.recorder import SweepRecorder
@@ -126,6 +138,8 @@ def run_sweep(
     upload_study = StudyUploader(run_dir, study_path)  # remote run dirs: study.db is uploaded
 
     def on_trial_event(kind, row, recorder):
+        if kind == "start":
+            first_trial_started.set()
         if kind == "done":
             upload_study()
         if on_event is not None:
@@ -165,8 +179,9 @@ def run_sweep(
                 # Crashes (a killed worker, a lost node) are retried from the last checkpoint;
                 # errors that would only repeat (NaN, out of memory) end the trial at once.
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                stop=StopOnTrialError(),
-                callbacks=[recorder, *_mlflow_callbacks(mlflow, run_dir)],
+                # A model the baseline could not load fails every trial the same way: stop at once.
+                stop=StopOnTrialError(abort_when=lambda: baseline_job.done() and baseline_job.exception() is not None),
+                callbacks=[recorder, CSVLoggerCallback(), JsonLoggerCallback(), *_mlflow_callbacks(mlflow, run_dir)],
                 # What a trial writes to its working dir (TensorBoard events) lands in RUN_DIR/trial_<id>/.
                 sync_config=tune.SyncConfig(sync_artifacts=True),
                 verbose=1 if verbose else 0,
@@ -181,10 +196,15 @@ def run_sweep(
                 graceful_ctrl_c() as ctrl_c:
             tuner.fit()
     finally:
+        first_trial_started.set()  # no trial started (all pending, or Ctrl-C): score the model now
         disconnect()
         upload_study(force=True)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
         raise KeyboardInterrupt
+    if baseline_job.done() and baseline_job.exception() is not None and not resume:
+        run_dir.fs.delete_dir_contents(run_dir.path)  # nothing half-written for a sweep that never ran
+        raise baseline_job.exception()
+    baseline = baseline_job.result()
     if config.time_budget:
         recorder.close_out_of_time()
     summary = write_summary(run_dir, config, space, recorder, baseline, seconds=time.time() - started)
@@ -202,38 +222,68 @@ def config_for_trials(config: SweepConfig) -> dict[str, Any]:
     return {k: v for k, v in config.model_dump().items() if k in TrainConfig.model_fields}
 
 
-class _Background:
-    """``fn(*args)`` in a daemon thread; ``result()`` waits and returns it or raises its error."""
+def in_background(fn: Callable, *args) -> Future:
+    """``fn(*args)`` in a daemon thread (a Ctrl-C does not wait for it), as a Future."""
+    future: Future = Future()
 
-    def __init__(self, fn: Callable, *args):
-        import threading
-
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), name="stune-baseline", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, args) -> None:
+    def run() -> None:
+        future.set_running_or_notify_cancel()
         try:
-            self._value = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            self._error = exc
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks the future
+            future.set_exception(exc)
 
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+    threading.Thread(target=run, name=f"stune-{fn.__name__.strip('_')}", daemon=True).start()
+    return future
 
 
-def _baseline(run_dir: RunDir, config: SweepConfig, splits, resume: bool) -> dict[str, float]:
-    if resume:
-        return run_dir.read_json(SWEEP)["baseline"]
+# What the driver needs after Ray has started, imported while it waits on that start (~5 s on 2
+# cores; these took ~4 s of the driver's time after it): Ray Tune and Optuna; the integrations Ray
+# Tune's usage tags import before any trial (MLflow's alone took 1.6 s); the study's tables
+# (SQLAlchemy models, alembic).
+_DRIVER_MODULES = (
+    "ray.tune", "ray.tune.search.optuna", "tune.study", "optuna.storages._rdb.models", "alembic.command",
+    "ray.air.integrations.mlflow", "ray.air.integrations.wandb", "ray.air.integrations.comet", "ray.tune.logger.aim",
+)
+
+
+def _import_driver_modules() -> None:
+    import importlib
+
+    for module in _DRIVER_MODULES:
+        with contextlib.suppress(Exception):  # an optional integration that fails: Ray's to report, later
+            importlib.import_module(module)
+
+
+def _baseline(config: SweepConfig, splits, known: dict[str, float] | None, start: threading.Event) -> dict[str, float]:
+    """The untuned model's eval scores (``known``: a resumed sweep's, when it has them), computed
+    once ``start`` is set."""
+    _import_driver_modules()
+    if known:
+        return known
+    start.wait()
+    import torch
+
     from trainers.evaluation import evaluate
     from trainers.model import load_model
 
+    # One core: the rest belong to the trials starting beside it on a local Ray.
+    torch.set_num_threads(1)
     model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
     return evaluate(model, splits.eval, "eval")
+
+
+def _publish_baseline(job: Future, run_dir: RunDir, sweep_doc: dict, config: SweepConfig, on_event: Callable | None) -> None:
+    if job.exception() is not None:
+        log.error("the untuned model could not be scored (%s); stopping the sweep", job.exception())
+        return
+    baseline = job.result()
+    if sweep_doc.get("baseline") != baseline:
+        sweep_doc["baseline"] = baseline
+        run_dir.write_json(SWEEP, sweep_doc)
+    log.info("baseline (untuned %s): eval %s %.4f", config.model or "bundled all-MiniLM-L6-v2", OBJECTIVE, baseline[OBJECTIVE])
+    if on_event is not None:
+        on_event("baseline", baseline, None)
 
 
 def _warm_start(uri: str, config: SweepConfig) -> list:

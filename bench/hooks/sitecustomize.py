@@ -8,7 +8,8 @@ Each line of the marks file is ``<unix time> <pid> <event>``:
 ends), ``eval_begin`` / ``eval_end`` (``Trainer.evaluate``), ``save_begin`` / ``save_end``
 (``Trainer._save_checkpoint``), ``report_begin`` / ``report_end`` (``ray.tune.report``: a trial's
 result and checkpoint handed to Ray), ``keepbest_begin`` / ``keepbest_end``
-(``trainers.train._keep_best``: the best model copied aside inside a fine-tune). Nothing in stune
+(``trainers.train._keep_best``: the best model copied aside inside a fine-tune), ``trial_begin`` /
+``trial_end`` (``tune.trainable.run_trial``: one trial inside a Ray worker). Nothing in stune
 is changed: the hooks wrap these functions when their module is first imported.
 """
 
@@ -72,6 +73,7 @@ _PATCHES = {
     "transformers.trainer": _patch_trainer,
     "ray.tune": lambda module: _wrap_function(module, "report", "report_begin", "report_end"),
     "trainers.train": lambda module: _wrap_function(module, "_keep_best", "keepbest_begin", "keepbest_end"),
+    "tune.trainable": lambda module: _wrap_function(module, "run_trial", "trial_begin", "trial_end"),
 }
 
 
