@@ -44,6 +44,7 @@ class Sampler(threading.Thread):
         self.disk_peak = 0
         self.disk_peak_parts: dict[str, int] = {}
         self.disk_series: list[tuple[float, int]] = []
+        self.rss_series: dict[int, list[tuple[float, int]]] = {}  # trial workers: (seconds, RSS)
         self.largest_checkpoint = 0  # one trial checkpoint in the run dir (weights + optimizer state)
         self._halt = threading.Event()
         self.t0 = time.time()
@@ -75,6 +76,8 @@ class Sampler(threading.Thread):
                 entry["trial"] = True
                 entry["title"] = title
             entry["rss"] = max(entry["rss"], mem.rss)
+            if entry["trial"]:
+                self.rss_series.setdefault(p.pid, []).append((round(time.time() - self.t0, 2), mem.rss))
             entry["uss"] = max(entry["uss"], getattr(mem, "uss", 0))
         parts = checkpoint_bytes(self.run_dir, self.tmp)
         self.largest_checkpoint = max(self.largest_checkpoint, parts.pop("_largest", 0))
@@ -169,7 +172,7 @@ def main() -> None:
     rows.append(["driver (this process: Ray driver, baseline model, recorder)", sampler.driver_rss / MB, None])
     common.table(f"Peak memory, MB ({summary['counts']} trials, {wall:.0f} s)", ["process", "peak RSS", "peak USS"], rows)
     parts = {k: round(v / MB, 1) for k, v in sampler.disk_peak_parts.items()}
-    common.table("Peak checkpoint disk, MB", ["peak total", "of which run-dir checkpoints", "best/", "trials' local", "bound (concurrent+1) x weights", "one trial checkpoint (weights + optimizer state)"],
+    common.table("Peak checkpoint disk, MB", ["peak total", "of which run-dir checkpoints", "best/", "trials' local", "bound (concurrent+1) x weights", "one trial checkpoint"],
                  [[sampler.disk_peak / MB, parts.get("run_dir_checkpoints"), parts.get("best"), parts.get("trial_local"), disk_bound / MB,
                    checkpoint_size / MB if checkpoint_size else None]])
     met_rss = peak_rss <= TARGET_RSS if workers else None
@@ -178,7 +181,7 @@ def main() -> None:
         ["peak RSS per trial worker", f"{peak_rss / MB:.0f} MB", f"<= {TARGET_RSS / MB:.0f} MB", common.verdict(met_rss)],
         ["peak checkpoint disk", f"{sampler.disk_peak / MB:.0f} MB", f"<= {disk_bound / MB:.0f} MB", common.verdict(met_disk)],
     ])
-    plot_path = plot(sampler.disk_series, disk_bound, checkpoint_size, bench.out / f"{bench.stem}.png", model_label, trials, concurrency)
+    plot_path = plot(sampler.disk_series, sampler.rss_series, disk_bound, checkpoint_size, bench.out / f"{bench.stem}.png", model_label, trials, concurrency)
     after = checkpoint_bytes(run_dir, tmp)
     after.pop("_largest", None)
     print(f"checkpoint disk after the sweep: {sum(after.values()) / MB:.0f} MB ({', '.join(f'{k} {v / MB:.0f}' for k, v in after.items())})")
@@ -192,24 +195,32 @@ def main() -> None:
         "peak_checkpoint_disk_bytes": sampler.disk_peak, "peak_checkpoint_disk_parts": sampler.disk_peak_parts,
         "checkpoint_disk_after_bytes": sum(after.values()), "checkpoint_disk_after_parts": after, "one_trial_checkpoint_bytes": checkpoint_size,
         "disk_series": sampler.disk_series[:: max(1, len(sampler.disk_series) // 400)],
+        "worker_rss_series": {str(pid): series[:: max(1, len(series) // 400)] for pid, series in sampler.rss_series.items()},
         "sweep_wall_s": round(wall, 1), "counts": summary["counts"],
     })
     bench.close()
 
 
-def plot(series, bound: float, checkpoint: int, path: Path, model_label: str, trials: int, concurrency: int) -> str:
+def plot(series, rss_series: dict, bound: float, checkpoint: int, path: Path, model_label: str, trials: int, concurrency: int) -> str:
     plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    fig, (ax, mem) = plt.subplots(2, 1, figsize=(7, 6), dpi=120, sharex=True)
     ax.plot([t for t, _ in series], [b / MB for _, b in series], lw=1, color="tab:blue", label="checkpoint bytes on disk")
     ax.axhline(bound / MB, color="tab:red", ls="--", lw=1, label="target: (concurrent + 1) x weights")
     if checkpoint:
         ax.axhline((concurrency * checkpoint + bound / (concurrency + 1)) / MB, color="tab:gray", ls=":", lw=1,
                    label="concurrent x trial checkpoint + best/")
-    ax.set_xlabel("seconds into the sweep")
     ax.set_ylabel("MB")
     ax.set_title(f"Checkpoint disk during a {trials}-trial sweep ({concurrency} concurrent), {model_label}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    for pid, points in rss_series.items():
+        mem.plot([t for t, _ in points], [r / MB for _, r in points], lw=1, label=f"trial worker {pid}")
+    mem.axhline(TARGET_RSS / MB, color="tab:red", ls="--", lw=1, label="target")
+    mem.set_xlabel("seconds into the sweep")
+    mem.set_ylabel("RSS, MB")
+    mem.set_title("Memory of each trial worker (one process runs many trials: reuse_actors)", fontsize=9)
+    mem.legend(fontsize=7)
+    mem.grid(alpha=0.3)
     return common.save_figure(fig, path)
 
 

@@ -96,3 +96,45 @@ def test_bad_yaml_and_missing_config(tmp_path):
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")
     assert_user_error(run_stune("train", listed), "mapping")
+
+
+def _learning_rates(tensorboard_dir) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("train/learning_rate")}
+
+
+@pytest.mark.parametrize("optimizer_state", [False, True])
+def test_trial_checkpoint_resumes_at_its_learning_rate(optimizer_state, tiny_model, scored_data, tmp_path):
+    """What a sweep trial does after a crash: resume from its last checkpoint. By default the
+    checkpoint holds no optimizer state (a third of the size); the run must still go on at the
+    checkpoint's step and learning rate, not restart its warm-up."""
+    import shutil
+
+    from trainers.config import TrainConfig
+    from trainers.data import load_splits
+    from trainers.train import OPTIMIZER_FILE, fine_tune
+
+    config = TrainConfig.model_validate({
+        "model": tiny_model, "data": scored_data, "max_steps": 8, "eval_steps": 4, "per_device_train_batch_size": 8,
+        # 6 warm-up steps, then constant: a schedule restarted at step 4 would be at 4/6 of it by step 8.
+        "learning_rate": 1e-3, "warmup_ratio": 0.75, "lr_scheduler_type": "constant_with_warmup",
+        "checkpoint_optimizer_state": optimizer_state,
+    })
+    splits = load_splits(config)
+    kept = []
+
+    def keep_first(evaluation):
+        if not kept:
+            kept.append(shutil.copytree(evaluation.checkpoint, tmp_path / "step4"))
+
+    fine_tune(config, tmp_path / "whole", splits=splits, on_evaluation=keep_first, score_base=False, tensorboard_dir=tmp_path / "tb-whole")
+    assert (kept[0] / OPTIMIZER_FILE).exists() == optimizer_state
+    _, resumed = fine_tune(config, tmp_path / "resumed", splits=splits, resume_from=kept[0], score_base=False, tensorboard_dir=tmp_path / "tb-resumed")
+    assert [h["step"] for h in resumed.history] == [8]
+    whole, after_resume = _learning_rates(tmp_path / "tb-whole"), _learning_rates(tmp_path / "tb-resumed")
+    assert after_resume and min(after_resume) > 4
+    assert whole[8] == pytest.approx(1e-3)
+    assert after_resume[8] == pytest.approx(whole[8], rel=1e-6), (after_resume, whole)

@@ -27,6 +27,8 @@ from trainers.losses import get_loss
 from trainers.model import load_model, model_label
 
 log = logging.getLogger("stune.train")
+# Hugging Face Trainer's names inside a checkpoint folder.
+OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"
 
 
 @dataclass
@@ -131,8 +133,8 @@ def fine_tune(
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
     )
-    watcher = _Watcher(n_steps, on_evaluation, keep_best_model)
-    callbacks = [watcher]
+    watcher = _Watcher(n_steps, on_evaluation, keep_best_model, keep_optimizer=config.checkpoint_optimizer_state)
+    callbacks = [watcher, _ScheduleWithoutOptimizer(resume_from)] if resume_from else [watcher]
     if tensorboard_dir is not None:  # training loss, learning rate and eval scores as TB scalars
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
@@ -209,9 +211,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class _Watcher(TrainerCallback):
     """Stops on a NaN/inf loss, forces a last evaluation, hands each evaluation + checkpoint on."""
 
-    def __init__(self, n_steps: int, on_evaluation, keep_best_model: bool):
+    def __init__(self, n_steps: int, on_evaluation, keep_best_model: bool, keep_optimizer: bool = True):
         self.n_steps = n_steps
         self.keep_best_model = keep_best_model
+        self.keep_optimizer = keep_optimizer
         self.on_evaluation = on_evaluation
         self.history: list[dict] = []
         self.pending: dict | None = None
@@ -242,6 +245,8 @@ class _Watcher(TrainerCallback):
         if self.pending is None or self.pending["step"] != state.global_step:
             return
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not self.keep_optimizer:
+            (checkpoint / OPTIMIZER_FILE).unlink(missing_ok=True)
         if self.keep_best_model and self.pending["metrics"][OBJECTIVE] > self.best_score:
             self.best_score = self.pending["metrics"][OBJECTIVE]
             self.best_checkpoint = _keep_best(checkpoint)
@@ -250,13 +255,32 @@ class _Watcher(TrainerCallback):
         self.pending = None
 
 
+class _ScheduleWithoutOptimizer(TrainerCallback):
+    """Resuming from a checkpoint saved without the optimizer state, Hugging Face restores neither
+    the optimizer nor the learning-rate schedule (it loads them only together): the schedule is
+    restored here, so the run goes on at the checkpoint's learning rate, not from warm-up again."""
+
+    def __init__(self, checkpoint: str | Path):
+        self.checkpoint = Path(checkpoint)
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        schedule = self.checkpoint / SCHEDULER_FILE
+        if (self.checkpoint / OPTIMIZER_FILE).exists() or not schedule.exists() or lr_scheduler is None:
+            return
+        import torch
+
+        lr_scheduler.load_state_dict(torch.load(schedule, weights_only=True))
+        for group, lr in zip(optimizer.param_groups, lr_scheduler.get_last_lr()):
+            group["lr"] = lr
+
+
 def _keep_best(checkpoint: Path) -> Path:
     # save_total_limit=1 deletes older checkpoints; the best model's weights are copied aside
     # (without optimizer state) so the best, not the last, evaluation is what we return.
     best = checkpoint.parent.parent / "best-model"
     tmp = best.with_name("best-model.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt"))
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(OPTIMIZER_FILE, SCHEDULER_FILE, "rng_state*.pth", "scaler.pt"))
     shutil.rmtree(best, ignore_errors=True)
     os.replace(tmp, best)
     return best

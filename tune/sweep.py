@@ -74,6 +74,7 @@ def run_sweep(
     ``mlflow``: an MLflow tracking URI to log every trial's params and metrics to."""
     started = time.time()
     run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force)
+    created_here = not run_dir.exists()
     if resume and (warm_start_from or mlflow):
         raise SweepError("--resume continues a sweep as it was started; --warm-start-from and --mlflow apply to new sweeps only")
     if resume:  # the sweep goes on exactly as it was defined
@@ -202,7 +203,8 @@ def run_sweep(
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
         raise KeyboardInterrupt
     if baseline_job.done() and baseline_job.exception() is not None and not resume:
-        run_dir.fs.delete_dir_contents(run_dir.path)  # nothing half-written for a sweep that never ran
+        # Nothing half-written is left of a sweep that could not run.
+        (run_dir.fs.delete_dir if created_here else run_dir.fs.delete_dir_contents)(run_dir.path)
         raise baseline_job.exception()
     baseline = baseline_job.result()
     if config.time_budget:
