@@ -258,7 +258,7 @@ def ray_starts_shielded_from_ctrl_c() -> Iterator[None]:
 
 def stop_ray_and_its_agents() -> None:
     """``ray.shutdown`` (it stops the processes of a local Ray even when its start was cut short,
-    which ``cluster.connect.disconnect`` skips), then end whatever the local raylet had started
+    which :func:`disconnect` skips), then end whatever the local raylet had started
     and left running: stopped while its agents still start up, Ray leaves them behind, parentless."""
     import psutil
     import ray

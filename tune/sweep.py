@@ -77,8 +77,9 @@ def run_sweep(
     created_here = not run_dir.exists()
     if resume and (warm_start_from or mlflow):
         raise SweepError("--resume continues a sweep as it was started; --warm-start-from and --mlflow apply to new sweeps only")
-    if resume:  # the sweep goes on exactly as it was defined
-        config = SweepConfig.model_validate(run_dir.read_json(SWEEP)["config"])
+    saved = run_dir.read_json(SWEEP) if resume else None
+    if saved:  # the sweep goes on exactly as it was defined
+        config = SweepConfig.model_validate(saved["config"])
 
     from trainers.model import resolve_model_path
     from trainers.data import load_splits
@@ -97,9 +98,11 @@ def run_sweep(
     # the first training step 25 s after a plain script's; started at once, its imports held the
     # GIL while Ray Tune set up (bench/overhead.py). sweep.json gets the score when it is ready;
     # the summary waits for it.
-    known = run_dir.read_json(SWEEP).get("baseline") if resume else None
     first_trial_started = threading.Event()
-    baseline_job = in_background(_baseline, config, splits, known, first_trial_started)
+    baseline_job = in_background(_baseline, config, splits, saved and saved.get("baseline"), first_trial_started)
+
+    def baseline_failed() -> bool:
+        return baseline_job.done() and baseline_job.exception() is not None
     try:
         with ray_starts_shielded_from_ctrl_c():
             connection = connect(address, log_to_driver=verbose)
@@ -113,8 +116,8 @@ def run_sweep(
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     space = SearchSpace(config)
-    if resume:
-        sweep_doc = run_dir.read_json(SWEEP)
+    if saved:
+        sweep_doc = saved
     else:
         sweep_doc = {
             "config": config.model_dump(mode="json"), "space": space.describe(), "baseline": None,
@@ -181,7 +184,7 @@ def run_sweep(
                 # errors that would only repeat (NaN, out of memory) end the trial at once.
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 # A model the baseline could not load fails every trial the same way: stop at once.
-                stop=StopOnTrialError(abort_when=lambda: baseline_job.done() and baseline_job.exception() is not None),
+                stop=StopOnTrialError(abort_when=baseline_failed),
                 callbacks=[recorder, CSVLoggerCallback(), JsonLoggerCallback(), *_mlflow_callbacks(mlflow, run_dir)],
                 # What a trial writes to its working dir (TensorBoard events) lands in RUN_DIR/trial_<id>/.
                 sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -202,7 +205,7 @@ def run_sweep(
         upload_study(force=True)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
         raise KeyboardInterrupt
-    if baseline_job.done() and baseline_job.exception() is not None and not resume:
+    if baseline_failed() and not resume:
         # Nothing half-written is left of a sweep that could not run.
         (run_dir.fs.delete_dir if created_here else run_dir.fs.delete_dir_contents)(run_dir.path)
         raise baseline_job.exception()
