@@ -261,14 +261,20 @@ def model_size_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".pt"))
 
 
-def dir_size(path: str | Path) -> int:
+def dir_size(path: str | Path, seen: set | None = None) -> int:
+    """Bytes of the files under ``path``; a file hard-linked from several places counts once
+    per ``seen`` set (as ``du`` counts it), since it takes its space on disk once."""
+    seen = set() if seen is None else seen
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                st = os.lstat(os.path.join(root, name))
             except OSError:
-                pass
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
     return total
 
 

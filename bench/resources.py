@@ -92,19 +92,20 @@ class Sampler(threading.Thread):
 
 def checkpoint_bytes(run_dir: Path, tmp: Path) -> dict[str, int]:
     parts = {"run_dir_checkpoints": 0, "best": 0, "trial_local": 0}
+    seen: set = set()  # best/ hard-links the files of the trial checkpoint it came from: count them once
     if run_dir.exists():
         for root, dirs, _ in os.walk(run_dir):
-            for d in list(dirs):
+            for d in sorted(dirs):
                 if d.startswith("checkpoint_"):
-                    size = common.dir_size(os.path.join(root, d))
+                    size = common.dir_size(os.path.join(root, d), seen)
                     parts["run_dir_checkpoints"] += size
                     parts["_largest"] = max(parts.get("_largest", 0), size)
                     dirs.remove(d)
-                elif d == "best" and Path(root) == run_dir:
-                    parts["best"] += common.dir_size(os.path.join(root, d))
-                    dirs.remove(d)
+        for d in run_dir.iterdir() if run_dir.exists() else ():
+            if d.name == "best" or d.name.startswith(".best."):  # best/ and its swap folders
+                parts["best"] += common.dir_size(d, seen)
     for work in tmp.glob("stune-trial-*"):
-        parts["trial_local"] += common.dir_size(work)
+        parts["trial_local"] += common.dir_size(work, seen)
     return parts
 
 

@@ -2,7 +2,7 @@
 
 ``fine_tune`` is what both ``stune train`` and every sweep trial run. It knows nothing of Ray:
 the sweep plugs in through ``on_evaluation``, called after each evaluation with the scores and
-the folder of the checkpoint just written (model + optimizer state, so a trial can resume).
+the folder of the checkpoint just written (weights, schedule and RNG state, so a trial can resume).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from trainers.model import load_model, model_label
 
 log = logging.getLogger("stune.train")
 # Hugging Face Trainer's names inside a checkpoint folder.
-OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"
+OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE = "optimizer.pt", "scheduler.pt", "rng_state.pth"
 
 
 @dataclass
@@ -121,8 +121,10 @@ def fine_tune(
         save_strategy="steps",
         save_steps=eval_steps,
         save_total_limit=1,
-        # Optimizer and scheduler state (2x the weights) only matter to resume a run.
-        save_only_model=not resumable,
+        # The optimizer state (2x the weights) is written only if it is to be kept: writing 182 MB
+        # per MiniLM checkpoint to delete it at once cost disk at every report (bench/resources.py).
+        # A resumable run without it still gets its schedule and RNG state from _Watcher.on_save.
+        save_only_model=not (resumable and config.checkpoint_optimizer_state),
         logging_steps=max(1, min(eval_steps, 10)),
         # Hugging Face leaves NaN/inf losses out of the logged average by default: _Watcher must see them.
         logging_nan_inf_filter=False,
@@ -133,7 +135,7 @@ def fine_tune(
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
     )
-    watcher = _Watcher(n_steps, on_evaluation, keep_best_model, keep_optimizer=config.checkpoint_optimizer_state)
+    watcher = _Watcher(n_steps, on_evaluation, keep_best_model, save_schedule=resumable and not config.checkpoint_optimizer_state)
     callbacks = [watcher, _ScheduleWithoutOptimizer(resume_from)] if resume_from else [watcher]
     if tensorboard_dir is not None:  # training loss, learning rate and eval scores as TB scalars
         from torch.utils.tensorboard import SummaryWriter
@@ -211,10 +213,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class _Watcher(TrainerCallback):
     """Stops on a NaN/inf loss, forces a last evaluation, hands each evaluation + checkpoint on."""
 
-    def __init__(self, n_steps: int, on_evaluation, keep_best_model: bool, keep_optimizer: bool = True):
+    def __init__(self, n_steps: int, on_evaluation, keep_best_model: bool, save_schedule: bool = False):
         self.n_steps = n_steps
         self.keep_best_model = keep_best_model
-        self.keep_optimizer = keep_optimizer
+        self.save_schedule = save_schedule
         self.on_evaluation = on_evaluation
         self.history: list[dict] = []
         self.pending: dict | None = None
@@ -241,18 +243,34 @@ class _Watcher(TrainerCallback):
         self.history.append(self.pending)
         log.info("step %d/%d  %s %.4f", state.global_step, state.max_steps, OBJECTIVE, scores[OBJECTIVE])
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, lr_scheduler=None, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.save_schedule and lr_scheduler is not None:
+            _save_schedule_and_rng(checkpoint, lr_scheduler)
         if self.pending is None or self.pending["step"] != state.global_step:
             return
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if not self.keep_optimizer:
-            (checkpoint / OPTIMIZER_FILE).unlink(missing_ok=True)
         if self.keep_best_model and self.pending["metrics"][OBJECTIVE] > self.best_score:
             self.best_score = self.pending["metrics"][OBJECTIVE]
             self.best_checkpoint = _keep_best(checkpoint)
         if self.on_evaluation:
             self.on_evaluation(Evaluation(checkpoint=checkpoint, total_steps=self.n_steps, **self.pending))
         self.pending = None
+
+
+def _save_schedule_and_rng(checkpoint: Path, lr_scheduler) -> None:
+    """What Hugging Face saves beside the optimizer state, in its file names, for a checkpoint
+    written with ``save_only_model``: the learning-rate schedule (restored by
+    _ScheduleWithoutOptimizer) and the RNG state (restored by the Trainer itself)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.save(lr_scheduler.state_dict(), checkpoint / SCHEDULER_FILE)
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.random.get_rng_state()
+    torch.save(rng, checkpoint / RNG_FILE)
 
 
 class _ScheduleWithoutOptimizer(TrainerCallback):

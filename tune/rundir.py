@@ -115,9 +115,12 @@ class RunDir:
 
     def replace_dir_from(self, name: str, src_fs, src_path: str, skip: tuple[str, ...] = ()) -> None:
         """Copy a folder into ``name`` via a temp folder, then swap it in. Object stores have no
-        folder rename: there the old copy is replaced file by file."""
+        folder rename: there the old copy is replaced file by file. Between local folders on one
+        file system the files are hard-linked, not copied: a trial's checkpoint and best/ then
+        take the model's size on disk once (neither is ever written to in place)."""
         self.join(name)  # refuses a name outside the run directory before anything is copied
         local = self.is_local
+        link = local and isinstance(src_fs, pafs.LocalFileSystem)
         tmp = self.join(f".{name}.{uuid.uuid4().hex[:8]}.tmp") if local else self.join(name)
         if not local and self.exists(name):
             self.fs.delete_dir(tmp)
@@ -129,6 +132,12 @@ class RunDir:
                 rel = posixpath.relpath(info.path, src_path)
                 dest = posixpath.join(tmp, rel)
                 self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+                if link:
+                    try:
+                        os.link(info.path, dest)
+                        continue
+                    except OSError:  # another file system, or links not supported: copy
+                        link = False
                 pafs.copy_files(info.path, dest, source_filesystem=src_fs, destination_filesystem=self.fs)
         except Exception:
             if local:  # a failed copy (disk full...) leaves the old folder as it was, and no temp folder
