@@ -528,11 +528,13 @@ def checkpoint(name, size, score):  # a trial checkpoint as the trainable leaves
     (folder / "model.safetensors").write_bytes(os.urandom(size))
     (folder / "config.json").write_text("{}")
     (folder / EVAL_NOTE).write_text(json.dumps({"spearman_cosine": score, "step": 2}))
-    return SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(folder))
+    # Seen through another file-system object, as a checkpoint on other storage is: best/ is then
+    # a byte copy (which can fail half-way), not hard links to the checkpoint's files.
+    return SimpleNamespace(filesystem=pafs.SubTreeFileSystem("/", pafs.LocalFileSystem()), path=str(folder).lstrip("/"))
 
 def improve(trial_id, ckpt):
     trial = SimpleNamespace(trial_id=trial_id, config={"loss": "CoSENTLoss"}, last_result={"training_iteration": 1})
-    score = json.loads(Path(ckpt.path, EVAL_NOTE).read_text())["spearman_cosine"]
+    score = json.loads(Path("/", ckpt.path, EVAL_NOTE).read_text())["spearman_cosine"]
     recorder.on_trial_result(0, [], trial, {"spearman_cosine": score, "training_iteration": 1, "step": 2})
     recorder.on_checkpoint(0, [], trial, ckpt)
 
@@ -566,6 +568,34 @@ def test_failed_writes_keep_the_best_checkpoint_and_summary(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == {"best": "t1"}
     assert sorted(p.name for p in run.iterdir()) == ["best", "best.json", "summary.json"], "no temp file or folder left"
     assert "could not copy" in proc.stderr and "previous best is kept" in proc.stderr
+
+
+def test_best_checkpoint_takes_no_second_copy_on_local_disk(tmp_path):
+    """best/ in a local run dir hard-links the files of the trial checkpoint it came from: the
+    best model costs no disk of its own while its trial's checkpoint is kept, and stays whole
+    when Ray deletes that checkpoint."""
+    import shutil
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from tune.recorder import SweepRecorder
+    from tune.rundir import RunDir
+    from tune.trainable import EVAL_NOTE
+
+    folder = tmp_path / "run" / "trial_1" / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    weights = os.urandom(4096)
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / EVAL_NOTE).write_text(json.dumps({"spearman_cosine": 0.7, "step": 2}))
+    recorder = SweepRecorder(RunDir.open(str(tmp_path / "run")), 1)
+    trial = SimpleNamespace(trial_id="t1", config={"loss": "CoSENTLoss"}, last_result={"training_iteration": 1})
+    recorder.on_trial_result(0, [], trial, {"spearman_cosine": 0.7, "training_iteration": 1, "step": 2})
+    recorder.on_checkpoint(0, [], trial, SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(folder)))
+    best = tmp_path / "run" / "best" / "model.safetensors"
+    assert best.stat().st_ino == (folder / "model.safetensors").stat().st_ino
+    shutil.rmtree(folder)  # Ray's checkpoint rotation
+    assert best.read_bytes() == weights
 
 
 def test_run_dir_writes_cannot_escape_it(tmp_path):

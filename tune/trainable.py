@@ -33,18 +33,23 @@ ERROR_KEY = "stune_error"
 FINISHED_NOTE = "stune_finished.txt"
 
 
-def pack_model(path: str) -> tuple[str, bytes]:
-    """A model folder as (content hash, tar bytes), to ship through Ray's object store to
-    nodes that do not share the driver's filesystem."""
+def pack_model(path: str):
+    """A model folder as (content hash, tar archive), to ship through Ray's object store to
+    nodes that do not share the driver's filesystem. The archive is a numpy byte array, which a
+    trial gets without a copy (Ray maps it from the node's object store): as ``bytes``, every
+    trial held its own 90 MB copy of MiniLM's archive for its whole run (bench/resources.py)."""
+    import numpy as np
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(path, arcname="model")
-    data = buffer.getvalue()
-    return hashlib.sha256(data).hexdigest()[:16], data
+    data = buffer.getbuffer()
+    return hashlib.sha256(data).hexdigest()[:16], np.frombuffer(data, dtype=np.uint8)
 
 
-def unpack_model(digest: str, data: bytes) -> str:
-    """Extract once per node into a cache folder named by content hash (atomic rename)."""
+def unpack_model(digest: str, data) -> str:
+    """Extract once per node into a cache folder named by content hash (atomic rename); ``data``
+    is read only by the first trial on a node."""
     cache = Path(os.environ.get("STUNE_CACHE", Path(tempfile.gettempdir()) / "stune-models"))
     target = cache / digest
     if not (target / "model").is_dir():
