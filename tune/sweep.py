@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from typing import Any, Callable
 
 from trainers.errors import StuneError
@@ -205,6 +206,9 @@ def run_sweep(
         upload_study(force=True)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
         raise KeyboardInterrupt
+    # Trials that fail at once (the model does not load for them either) can end the sweep before
+    # the baseline has: its outcome decides what is left of the run dir.
+    futures_wait([baseline_job])
     if baseline_failed() and not resume:
         # Nothing half-written is left of a sweep that could not run.
         (run_dir.fs.delete_dir if created_here else run_dir.fs.delete_dir_contents)(run_dir.path)
