@@ -73,6 +73,9 @@ def plain_worker(spec_path: str) -> None:
             max_steps=spec["steps"], warmup_steps=HYPER["warmup_ratio"], seed=HYPER["seed"], data_seed=HYPER["seed"],
             eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps,
             save_total_limit=1, logging_steps=max(1, min(eval_steps, 10)), report_to="none", disable_tqdm=True,
+            # The weights only, as stune's trial checkpoints by default (plus its few-KB schedule and RNG
+            # files): with Hugging Face's default, AdamW's state tripled what (a) writes at each save.
+            save_only_model=True,
             dataloader_num_workers=0, dataloader_pin_memory=False,
         )
         evaluator = EmbeddingSimilarityEvaluator(e1, e2, escore, batch_size=64, name="eval",

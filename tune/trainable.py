@@ -26,7 +26,7 @@ os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "600")
 def _import_training_libraries_in_trial_worker() -> None:
     """In a Ray worker, import torch and sentence-transformers (~5 s) as soon as Ray loads this
     module to create the trial's actor, while the driver still sets the trial up, not once the
-    trial runs: the first training step came ~1.5 s sooner in 5 A/B pairs (bench/overhead.py,
+    trial runs: the first training step came ~1.5 s sooner in 3 A/B pairs (bench/overhead.py,
     1 trial). Not in a thread: transformers' lazy modules broke when imported from two threads
     at once ("cannot import name 'TrainerCallback'"). Not in the driver, where these imports
     would hold the GIL while Ray Tune sets up (its baseline thread imports them later)."""
