@@ -75,6 +75,15 @@ def test_asha_stops_some_trials_early(finished_sweep):
     assert all(int(t["steps"]) < int(t["total_steps"]) for t in stopped)
 
 
+def test_asha_waits_for_half_of_a_trials_evaluations_unless_told():
+    """The default grace period: a trial is not stopped before half its evaluations (at least one);
+    an explicit asha.grace_period wins, capped at the evaluations a trial has."""
+    grace = [SweepConfig.model_validate({"evaluations_per_trial": n}).grace_period for n in (1, 2, 3, 4, 6)]
+    assert grace == [1, 1, 1, 2, 3]
+    assert SweepConfig.model_validate({"evaluations_per_trial": 4, "asha": {"grace_period": 1}}).grace_period == 1
+    assert SweepConfig.model_validate({"evaluations_per_trial": 2, "asha": {"grace_period": 5}}).grace_period == 2
+
+
 def test_best_is_best_at_any_step_across_trials(finished_sweep):
     run_dir, summary, _ = finished_sweep
     trials = read_trials(run_dir)

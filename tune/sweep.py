@@ -365,7 +365,7 @@ def _scheduler(config: SweepConfig):
         mode="max",
         time_attr="training_iteration",  # one iteration = one evaluation
         max_t=config.evaluations_per_trial,
-        grace_period=min(config.asha.grace_period, config.evaluations_per_trial),
+        grace_period=config.grace_period,
         reduction_factor=config.asha.reduction_factor,
     )
 
