@@ -158,8 +158,8 @@ class AshaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # None: half the trial's evaluations (at least 1). Stopping after the first of 4 evaluations cut,
     # on one seed of 3, the configuration random search rode to the best score (0.670 at step 3,
-    # 0.7425 at step 6); 2 of 4 brought TPE + ASHA to random's best in 0.65 of the trial-steps
-    # instead of 0.83 (bench/search_efficiency.py, BENCHMARKS.md).
+    # 0.7425 at step 6); with 2 of 4, TPE + ASHA reached random's best in 0.65-0.73 of the
+    # trial-steps in 3 runs, against 0.83 in 1 (bench/search_efficiency.py, BENCHMARKS.md).
     grace_period: int | None = Field(None, ge=1, description="evaluations before a trial can be stopped [half of evaluations_per_trial]")
     reduction_factor: float = Field(2.0, gt=1)
 
