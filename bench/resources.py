@@ -101,7 +101,7 @@ def checkpoint_bytes(run_dir: Path, tmp: Path) -> dict[str, int]:
                     parts["run_dir_checkpoints"] += size
                     parts["_largest"] = max(parts.get("_largest", 0), size)
                     dirs.remove(d)
-        for d in run_dir.iterdir() if run_dir.exists() else ():
+        for d in run_dir.iterdir():
             if d.name == "best" or d.name.startswith(".best."):  # best/ and its swap folders
                 parts["best"] += common.dir_size(d, seen)
     for work in tmp.glob("stune-trial-*"):

@@ -94,7 +94,7 @@ def run_one(name: str, seed: int, *, base: dict, budget: int, trials: int, work)
     return {"strategy": name, "seed": seed, "searcher": searcher, "scheduler": scheduler, "trials_allowed": raw["trials"],
             "trials_run": len(tracker.steps_seen), "trial_steps_used": tracker.used, "best_at_budget": final,
             "wall_s": round(wall, 1), "loadavg": load, "counts": counts, "curve": tracker.curve,
-            "startup_trials": config.startup_trials or max(2, min(10, raw["trials"] // 4)),
+            "startup_trials": config.random_startup_trials,
             "asha": {**config.asha.model_dump(), "grace_period": config.grace_period} if asha else None,
             "max_concurrent_trials": config.max_concurrent_trials}
 

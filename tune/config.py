@@ -187,6 +187,11 @@ class SweepConfig(TrainConfig):
     startup_trials: int | None = Field(None, ge=1, description="random trials before TPE models the space")
 
     @property
+    def random_startup_trials(self) -> int:
+        """Random trials before TPE (CMA-ES, GP) models the space: the config's, or a quarter of the trials in [2, 10]."""
+        return self.startup_trials or max(2, min(10, self.trials // 4))
+
+    @property
     def grace_period(self) -> int:
         """ASHA's grace period in evaluations: the config's, or half the trial's evaluations."""
         return min(self.asha.grace_period or max(1, self.evaluations_per_trial // 2), self.evaluations_per_trial)

@@ -310,7 +310,7 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    startup = config.startup_trials or max(2, min(10, config.trials // 4))
+    startup = config.random_startup_trials
     sampler = {
         # constant_liar: parallel workers do not all get the same proposal while trials run;
         # group: TPE models the parameters of each loss together (conditional space).
