@@ -79,14 +79,16 @@ def test_sweep_runs_trials_on_both_nodes_of_a_real_cluster_and_exports(sandbox, 
     node_ips = {n["ip"] for n in status["nodes"] if n["alive"]}
     assert len(node_ips) == 2, status
 
-    cfg = sweep_yaml(tmp_path / "sweep.yaml", tiny_model, scored_data)
+    # Trials long enough for the worker node's actor to start (a process importing torch: ~10 s
+    # on a busy 2-core machine) before the head's actor, reused trial after trial, has run them all.
+    cfg = sweep_yaml(tmp_path / "sweep.yaml", tiny_model, scored_data, max_steps=400)
     sweep = stune("sweep", cfg, "--address", address, "--out", tmp_path / "run", env=sandbox.env, cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-4000:]
 
     rows = rows_of((tmp_path / "run" / "trials.csv").read_text())
     assert len(rows) == 4 and all(r["status"] == "completed" for r in rows), rows
     nodes = {r["node"] for r in rows}
-    assert nodes == node_ips, f"trials ran on {nodes}, expected both nodes {node_ips}"
+    assert nodes == node_ips, f"trials ran on {nodes}, expected both nodes {node_ips}: {rows}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best"][OBJECTIVE] == pytest.approx(max(float(r[OBJECTIVE]) for r in rows), abs=1e-6)
 
@@ -143,6 +145,11 @@ def test_sweep_into_s3_interrupt_resume_and_export_from_it(s3, tiny_model, score
     kept = {r["trial_id"]: r for r in rows_of(_read(fs, f"{run_key}/trials.csv")) if r["status"] == "completed"}
     assert kept
     assert not (tmp_path / "run").exists(), "with --storage nothing of the run is written locally"
+    # As if Ctrl-C had come before the untuned model was scored (it is scored beside the first
+    # trial; on a slow machine a short trial finishes first): --resume must score it then.
+    sweep_doc = json.loads(_read(fs, f"{run_key}/sweep.json"))
+    with fs.open_output_stream(f"{run_key}/sweep.json") as fh:
+        fh.write(json.dumps({**sweep_doc, "baseline": None}).encode())
 
     # 2. --resume reads Ray's state, the trials and the study back from S3 and finishes the sweep.
     resumed = stune("sweep", "--resume", "--storage", storage, "--out", "run", env=env, cwd=tmp_path)
@@ -155,6 +162,9 @@ def test_sweep_into_s3_interrupt_resume_and_export_from_it(s3, tiny_model, score
     summary = json.loads(_read(fs, f"{run_key}/summary.json"))
     assert summary["best"][OBJECTIVE] == pytest.approx(max(float(r[OBJECTIVE]) for r in rows), abs=1e-6)
     assert fs.get_file_info(f"{run_key}/study.db").size > 0
+    # What the resumed sweep wrote is what stays: Ray's copies from before the resume do not come back.
+    assert json.loads(_read(fs, f"{run_key}/sweep.json"))["baseline"] == summary["baseline"]
+    assert json.loads(_read(fs, f"{run_key}/best.json")) == summary["best"]
 
     # 3. Export straight from the S3 run directory.
     export = stune("export", f"{storage}/run", "--out", tmp_path / "model", env=env, cwd=tmp_path)

@@ -440,6 +440,9 @@ def test_driver_killed_resume_keeps_completed_trials_and_the_searchers_history(l
     summary = long_run["summary"]
     assert summary["counts"]["completed"] == LONG_TRIALS
     assert summary["best"]["spearman_cosine"] == pytest.approx(max(float(r["spearman_cosine"]) for r in ray_trials), abs=1e-6)
+    # What stune export reads is the summary's winner, not a copy Ray kept from before a --resume.
+    assert json.loads((run / "best.json").read_text()) == summary["best"]
+    assert json.loads((run / "sweep.json").read_text())["baseline"] == summary["baseline"]
     # The searcher kept its history: one study holding every trial once; no proposal repeated
     # (a searcher rebuilt with the same seed would propose the first trials again).
     with contextlib.closing(sqlite3.connect(run / "study.db")) as db:

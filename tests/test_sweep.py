@@ -129,6 +129,23 @@ def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
     assert_user_error(run_stune("export", run_dir, "--out", out), "--out", "--force")
 
 
+def test_export_scores_the_base_model_when_the_sweep_did_not(finished_sweep, tmp_path):
+    """A sweep stopped (Ctrl-C) before its untuned model was scored, and not resumed, still exports."""
+    import shutil
+
+    run_dir, summary, _ = finished_sweep
+    interrupted = tmp_path / "run"
+    shutil.copytree(run_dir, interrupted)
+    sweep_doc = json.loads((interrupted / "sweep.json").read_text())
+    (interrupted / "sweep.json").write_text(json.dumps({**sweep_doc, "baseline": None}))
+    (interrupted / "summary.json").unlink()
+    proc = run_stune("export", interrupted, "--out", tmp_path / "model", "--force")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = (tmp_path / "model" / "README.md").read_text()
+    base = f"{summary['baseline'][OBJECTIVE]:.4f}"
+    assert f"| eval (used for selection) | {base} |" in card, card
+
+
 def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
     from tune.sweep import run_sweep
 

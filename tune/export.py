@@ -37,10 +37,13 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     mlflow = mlflow or sweep.get("mlflow")
     if mlflow:
         _require_mlflow()
-    baseline = sweep["baseline"]
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"--out {out} already exists; pass --force to replace it or choose another --out")
+    baseline = sweep.get("baseline")
+    if baseline is None:  # interrupted before the untuned model was scored, and not resumed
+        baseline = score_base_model(config)
+        sweep = {**sweep, "baseline": baseline}
     if best[OBJECTIVE] <= baseline[OBJECTIVE] and not force:
         raise ExportError(
             f"no trial beat the untuned base model (best eval {OBJECTIVE} {best[OBJECTIVE]:.4f} <= "
@@ -75,6 +78,16 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     if mlflow:
         result["mlflow_run_id"] = log_to_mlflow(mlflow, run_dir, out, best, scores)
     return result
+
+
+def score_base_model(config: SweepConfig) -> dict[str, float]:
+    """The untuned model's eval scores, as the sweep computes them."""
+    from trainers.data import read_split
+    from trainers.evaluation import evaluate
+    from trainers.model import load_model
+
+    model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
+    return evaluate(model, read_split(config.data.eval, config.data.columns, seed=config.seed), "eval")
 
 
 def _require_mlflow() -> None:

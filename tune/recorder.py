@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -189,6 +190,29 @@ class SweepRecorder(Callback):
         state["on_event"] = None
         state["_ended_trials"] = {}
         return state
+
+
+class KeepRunFilesCurrent(Callback):
+    """Keeps Ray's restore from turning back stune's own files of the run dir.
+
+    On ``--resume`` Ray copies every top-level ``.json`` and ``.pkl`` of the run dir into its
+    driver staging dir, to find its own state there, and uploads that whole dir back to the run
+    dir at every save: ``sweep.json`` and ``best.json`` would return to what they held before the
+    resume, losing a baseline scored or a best trial found since (and ``stune export`` reads
+    them). Ray's first save comes after the first ``on_step_begin``; the copies go before it.
+    """
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self._dropped = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._dropped or not trials:
+            return
+        staging = Path(trials[0].storage.experiment_driver_staging_path)
+        for name in self.names:
+            (staging / name).unlink(missing_ok=True)
+        self._dropped = True
 
 
 _OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "training_args.bin")

@@ -374,9 +374,12 @@ def _reattach(tuner, recorder) -> None:
     """After restore, this run's recorder (progress display, the run dir where it is now) takes
     the place of the pickled one; Ray calls its ``setup``, which reloads trials.csv and best.json,
     so the summary written after ``fit`` sees every trial, from before and after the restore."""
+    from tune.recorder import BEST_JSON, KeepRunFilesCurrent
+
     run_config = tuner._local_tuner._run_config
-    callbacks = list(run_config.callbacks or [])
-    run_config.callbacks = [recorder] + [c for c in callbacks if type(c).__name__ != "SweepRecorder"]
+    ours = (type(recorder), KeepRunFilesCurrent)
+    callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)]
+    run_config.callbacks = [recorder, KeepRunFilesCurrent((SWEEP, BEST_JSON, SUMMARY)), *callbacks]
 
 
 def write_summary(run_dir: RunDir, config: SweepConfig, space: SearchSpace, recorder, baseline, *, seconds: float) -> dict[str, Any]:
