@@ -88,7 +88,7 @@ def test_sweep_runs_trials_on_both_nodes_of_a_real_cluster_and_exports(sandbox, 
     rows = rows_of((tmp_path / "run" / "trials.csv").read_text())
     assert len(rows) == 4 and all(r["status"] == "completed" for r in rows), rows
     nodes = {r["node"] for r in rows}
-    assert nodes == node_ips, f"trials ran on {nodes}, expected both nodes {node_ips}: {rows}"
+    assert nodes == node_ips, f"trials ran on {nodes}, expected both nodes {node_ips}: {rows}\n{sweep.stderr[-2000:]}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best"][OBJECTIVE] == pytest.approx(max(float(r[OBJECTIVE]) for r in rows), abs=1e-6)
 
