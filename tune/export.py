@@ -80,14 +80,16 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     return result
 
 
-def score_base_model(config: SweepConfig) -> dict[str, float]:
-    """The untuned model's eval scores, as the sweep computes them."""
+def score_base_model(config: SweepConfig, eval_split=None) -> dict[str, float]:
+    """The untuned model's eval scores: the baseline a sweep's trials must beat."""
     from trainers.data import read_split
     from trainers.evaluation import evaluate
     from trainers.model import load_model
 
+    if eval_split is None:
+        eval_split = read_split(config.data.eval, config.data.columns, seed=config.seed)
     model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
-    return evaluate(model, read_split(config.data.eval, config.data.columns, seed=config.seed), "eval")
+    return evaluate(model, eval_split, "eval")
 
 
 def _require_mlflow() -> None:

@@ -273,13 +273,11 @@ def _baseline(config: SweepConfig, splits, known: dict[str, float] | None, start
     start.wait()
     import torch
 
-    from trainers.evaluation import evaluate
-    from trainers.model import load_model
+    from tune.export import score_base_model
 
     # One core: the rest belong to the trials starting beside it on a local Ray.
     torch.set_num_threads(1)
-    model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
-    return evaluate(model, splits.eval, "eval")
+    return score_base_model(config, splits.eval)
 
 
 def _publish_baseline(job: Future, run_dir: RunDir, sweep_doc: dict, config: SweepConfig, on_event: Callable | None) -> None:
