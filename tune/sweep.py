@@ -371,7 +371,9 @@ def _scheduler(config: SweepConfig):
 def _reattach(tuner, recorder) -> None:
     """After restore, this run's recorder (progress display, the run dir where it is now) takes
     the place of the pickled one; Ray calls its ``setup``, which reloads trials.csv and best.json,
-    so the summary written after ``fit`` sees every trial, from before and after the restore."""
+    so the summary written after ``fit`` sees every trial, from before and after the restore.
+    Beside it, ``KeepRunFilesCurrent`` stops Ray's restored copies of sweep.json and best.json
+    from being uploaded over what this run writes to them."""
     from tune.recorder import BEST_JSON, KeepRunFilesCurrent
 
     run_config = tuner._local_tuner._run_config
