@@ -129,6 +129,42 @@ def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
     assert_user_error(run_stune("export", run_dir, "--out", out), "--out", "--force")
 
 
+def test_a_resumed_sweep_rebuilds_ashas_rungs_from_the_trials_before_it(finished_sweep):
+    """Ray restores ASHA with empty rungs; stune replays what the run dir's trials reported, so after
+    a --resume a trial that every earlier trial outscored at the first rung is stopped there."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from tune.rundir import RunDir
+    from tune.sweep import _scheduler, replay_asha_history
+    from tune.trainable import BEST_OBJECTIVE
+
+    run_dir, _, _ = finished_sweep
+    config = SweepConfig.model_validate(json.loads((run_dir / "sweep.json").read_text())["config"])
+    results = RunDir.open(str(run_dir)).trial_results()
+    rung = config.grace_period
+    first_rung = {tid: next(r[BEST_OBJECTIVE] for r in rs if r.get("training_iteration", 0) >= rung)
+                  for tid, rs in results.items() if any(r.get("training_iteration", 0) >= rung for r in rs)}
+    assert len(first_rung) == len(read_trials(run_dir)) == 8
+
+    as_restored, replayed = _scheduler(config), _scheduler(config)
+    assert replay_asha_history(replayed, RunDir.open(str(run_dir))) == sum(
+        1 for rs in results.values() for r in rs if BEST_OBJECTIVE in r)
+    recorded = dict(next(values for milestone, values in replayed._brackets[0]._rungs if milestone == rung))
+    assert recorded == pytest.approx(first_rung)
+
+    def first_rung_result(scheduler, score):
+        trial = SimpleNamespace(trial_id=f"new-{score}")
+        scheduler.on_trial_add(None, trial)
+        return scheduler.on_trial_result(None, trial, {"training_iteration": rung, BEST_OBJECTIVE: score})
+
+    worst, best = min(first_rung.values()) - 0.1, max(first_rung.values()) + 0.1
+    assert first_rung_result(as_restored, worst) == TrialScheduler.CONTINUE  # Ray's restore alone
+    assert first_rung_result(replayed, worst) == TrialScheduler.STOP
+    assert first_rung_result(replayed, best) == TrialScheduler.CONTINUE
+
+
 def test_export_scores_the_base_model_when_the_sweep_did_not(finished_sweep, tmp_path):
     """A sweep stopped (Ctrl-C) before its untuned model was scored, and not resumed, still exports."""
     import shutil

@@ -22,14 +22,11 @@ import json
 import logging
 import math
 import os
-import posixpath
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-import pyarrow.fs as pafs
 
 from trainers.errors import StuneError
 from tune.progress import describe_counts
@@ -127,7 +124,7 @@ def load(uri: str) -> RunData:
     sweep = run_dir.read_json(SWEEP)
     summary = _read_json(run_dir, SUMMARY)
     trials = [_typed(row) for row in run_dir.read_csv(TRIALS)] if run_dir.exists(TRIALS) else []
-    curves = _read_curves(run_dir)
+    curves = run_dir.trial_results()
     study, seeded = _read_study(run_dir, trials)
     for t in trials:  # a running or interrupted trial has no seconds yet: Ray's own clock
         if t.get("seconds") is None and curves.get(t["trial_id"]):
@@ -153,33 +150,6 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
             number = _number(value)
             out[key] = value if number is None else (int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number)
     return out
-
-
-def _read_curves(run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:
-    """Every trial's reported results, from Ray's ``trial_<id>/result.json`` (JSON lines)."""
-    curves: dict[str, list[dict[str, Any]]] = {}
-    try:
-        entries = run_dir.fs.get_file_info(pafs.FileSelector(run_dir.path, recursive=False))
-    except (FileNotFoundError, OSError):
-        return curves
-    for entry in entries:
-        if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("trial_"):
-            continue
-        path = posixpath.join(entry.path, "result.json")
-        try:
-            with run_dir.fs.open_input_stream(path) as src:
-                text = src.read().decode(errors="replace")
-        except (FileNotFoundError, OSError):
-            continue
-        results = []
-        for line in text.splitlines():
-            try:  # the last line of a running trial may be half written
-                results.append(json.loads(line))
-            except ValueError:
-                continue
-        if results:
-            curves[results[0].get("trial_id") or entry.base_name[len("trial_"):]] = results
-    return curves
 
 
 def _read_study(run_dir: RunDir, rows: list[dict[str, Any]] = ()):

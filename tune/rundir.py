@@ -113,6 +113,31 @@ class RunDir:
         with self.fs.open_input_stream(self.join(name)) as src:
             return list(csv.DictReader(io.StringIO(src.read().decode())))
 
+    def trial_results(self) -> dict[str, list[dict[str, Any]]]:
+        """Every trial's reported results by trial id, from Ray's ``trial_<id>/result.json`` (JSON lines)."""
+        curves: dict[str, list[dict[str, Any]]] = {}
+        try:
+            entries = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        except (FileNotFoundError, OSError):
+            return curves
+        for entry in entries:
+            if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("trial_"):
+                continue
+            try:
+                with self.fs.open_input_stream(posixpath.join(entry.path, "result.json")) as src:
+                    text = src.read().decode(errors="replace")
+            except (FileNotFoundError, OSError):
+                continue
+            results = []
+            for line in text.splitlines():
+                try:  # the last line of a running trial may be half written
+                    results.append(json.loads(line))
+                except ValueError:
+                    continue
+            if results:
+                curves[results[0].get("trial_id") or entry.base_name[len("trial_"):]] = results
+        return curves
+
     def replace_dir_from(self, name: str, src_fs, src_path: str, skip: tuple[str, ...] = ()) -> None:
         """Copy a folder into ``name`` via a temp folder, then swap it in. Object stores have no
         folder rename: there the old copy is replaced file by file. Between local folders on one

@@ -165,6 +165,9 @@ def run_sweep(
     if resume:
         tuner = tune.Tuner.restore(run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         _reattach(tuner, recorder)
+        replayed = replay_asha_history(tuner._local_tuner._tune_config.scheduler, run_dir)
+        if replayed:
+            log.info("ASHA's rungs rebuilt from %d results reported before the resume", replayed)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -366,6 +369,29 @@ def _scheduler(config: SweepConfig):
         grace_period=config.grace_period,
         reduction_factor=config.asha.reduction_factor,
     )
+
+
+def replay_asha_history(scheduler, run_dir: RunDir) -> int:
+    """Ray does not save ASHA's rungs with the experiment: restored, they are empty, and the trials
+    run after a ``--resume`` are compared only with each other, so trials that ASHA would have
+    stopped run to their end. This feeds every result reported before the resume back into the
+    rungs, in the order each trial reported them, as ASHA recorded them live; returns how many."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    if not isinstance(scheduler, AsyncHyperBandScheduler):
+        return 0
+    (bracket,) = scheduler._brackets  # stune's ASHA has a single bracket
+    time_attr, metric, sign = scheduler._time_attr, scheduler._metric, scheduler._metric_op
+    replayed = 0
+    for trial_id, results in run_dir.trial_results().items():
+        trial = SimpleNamespace(trial_id=trial_id)
+        for result in results:
+            if isinstance(result.get(time_attr), int) and isinstance(result.get(metric), (int, float)):
+                bracket.on_result(trial, result[time_attr], sign * result[metric])
+                replayed += 1
+    return replayed
 
 
 def _reattach(tuner, recorder) -> None:
