@@ -138,3 +138,16 @@ def test_trial_checkpoint_resumes_at_its_learning_rate(optimizer_state, tiny_mod
     assert after_resume and min(after_resume) > 4
     assert whole[8] == pytest.approx(1e-3)
     assert after_resume[8] == pytest.approx(whole[8], rel=1e-6), (after_resume, whole)
+
+
+def test_help_shows_every_option_as_written():
+    """What ``--help`` prints is the help text itself: flags take no value, and text in brackets
+    (the pip extra to install) is not eaten as markup."""
+    for command in (["sweep"], ["train"], ["export"], ["cluster", "up"]):
+        proc = run_stune(*command, "--help", env={"COLUMNS": "200"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "<bool>" not in proc.stdout, proc.stdout
+        assert "--force" in proc.stdout or "--multi-node" in proc.stdout
+    sweep_help = run_stune("sweep", "--help", env={"COLUMNS": "200"}).stdout
+    assert "pip install" not in sweep_help and "stune[mlflow]" in sweep_help
+    assert "--resume  " in sweep_help or "--resume\n" in sweep_help

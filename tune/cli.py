@@ -23,6 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich markup would read "stune[mlflow]" as a style tag, and typer's rich panels
+    # show flags as taking a "<bool>" value.
+    rich_markup_mode=None,
 )
 
 
