@@ -111,7 +111,7 @@ def steps_to_reach(curve: list[dict], target: float, budget: int) -> int | None:
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="[0 1 2; quick 0]")
-    p.add_argument("--random-trials", type=int, default=None, help="random search's trials; budget = this x steps [4; quick 2]")
+    p.add_argument("--random-trials", type=int, default=None, help="random search's trials; budget = this x steps [16; quick 2]")
     p.add_argument("--steps", type=int, default=None, help="max_steps per trial [12; quick 4]")
     p.add_argument("--evals", type=int, default=None, help="evaluations_per_trial = ASHA rungs [4, stune's default; quick 2]")
     p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [100 of the embedded 400]")
@@ -126,7 +126,7 @@ def main() -> None:
     bench = common.Bench("search_efficiency", args)
     quick = args.quick
     seeds = args.seeds or ([0] if quick else [0, 1, 2])
-    n_random = args.random_trials or (2 if quick else 4)
+    n_random = args.random_trials or (2 if quick else 16)
     steps = args.steps or (4 if quick else 12)
     evals = args.evals or (2 if quick else 4)
     budget = n_random * steps
