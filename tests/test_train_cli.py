@@ -149,5 +149,5 @@ def test_help_shows_every_option_as_written():
         assert "<bool>" not in proc.stdout, proc.stdout
         assert "--force" in proc.stdout or "--multi-node" in proc.stdout
     sweep_help = run_stune("sweep", "--help", env={"COLUMNS": "200"}).stdout
-    assert "pip install" not in sweep_help and "stune[mlflow]" in sweep_help
+    assert "stune[mlflow]" in sweep_help
     assert "--resume  " in sweep_help or "--resume\n" in sweep_help
