@@ -78,12 +78,12 @@ def recipe_config(seed_file: Path, data: dict[str, str], model: str | None):
 
 
 def evaluate_on(model_path: str | None, split_path: str, config) -> dict[str, float]:
-    from trainers.data import read_split
+    from trainers.data import config_split
     from trainers.evaluation import evaluate
     from trainers.model import load_model
 
     model = load_model(model_path, max_seq_length=config.max_seq_length)
-    return evaluate(model, read_split(split_path, config.data.columns, seed=config.seed), "test")
+    return evaluate(model, config_split(config, split_path), "test")
 
 
 def spearman_ceiling(split_path: str, config) -> float:
@@ -92,9 +92,9 @@ def spearman_ceiling(split_path: str, config) -> float:
     it is below 1 and every model that ranks all positives above all negatives gets exactly it."""
     from scipy.stats import spearmanr
 
-    from trainers.data import read_split
+    from trainers.data import config_split
 
-    scores = read_split(split_path, config.data.columns, seed=config.seed).pairs.score
+    scores = config_split(config, split_path).pairs.score
     order = sorted(range(len(scores)), key=lambda i: scores[i])
     perfect = [0.0] * len(scores)
     for rank, i in enumerate(order):
@@ -104,7 +104,7 @@ def spearman_ceiling(split_path: str, config) -> float:
 
 def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_overrides: dict) -> dict:
     from trainers.config import load_train_config
-    from trainers.data import read_split
+    from trainers.data import config_split
     from trainers.evaluation import OBJECTIVE
     from trainers.train import fine_tune
     from tune.config import load_sweep_config
@@ -142,7 +142,7 @@ def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_
     best = summary["best"]
     sweep_scores = evaluate_on(str(work / "sweep" / "best"), data["test"], recipe) if best else {}
     ceiling = spearman_ceiling(data["test"], recipe)
-    test_labels = sorted(set(read_split(data["test"], recipe.data.columns, seed=recipe.seed).pairs.score))
+    test_labels = sorted(set(config_split(recipe, data["test"]).pairs.score))
 
     row = {
         "seed": name, "loss": recipe.loss.name, "sizes": sizes, "recipe_epoch_steps": own_steps,

@@ -182,6 +182,37 @@ def test_export_scores_the_base_model_when_the_sweep_did_not(finished_sweep, tmp
     assert f"| eval (used for selection) | {base} |" in card, card
 
 
+def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
+    """With ``data.max_rows``, the export's eval score, and the base model's when export computes
+    it, are on the same first rows the sweep saw, not on the whole file."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from trainers.data import read_split
+    from trainers.evaluation import evaluate
+
+    run_dir, _, _ = finished_sweep
+    limited = tmp_path / "run"
+    shutil.copytree(run_dir, limited)
+    sweep_doc = json.loads((limited / "sweep.json").read_text())
+    config = sweep_doc["config"]
+    config["data"]["max_rows"] = 20
+    (limited / "sweep.json").write_text(json.dumps({**sweep_doc, "config": config, "baseline": None}))
+    out = tmp_path / "model"
+    proc = run_stune("export", limited, "--out", out, "--force")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def score(model_path: str, rows: int | None) -> float:
+        split = read_split(config["data"]["eval"], seed=config["seed"], max_rows=rows)
+        return evaluate(SentenceTransformer(model_path), split, "eval")[OBJECTIVE]
+
+    exported, base = score(str(out), 20), score(config["model"], 20)
+    assert exported != pytest.approx(score(str(out), None), abs=1e-4)  # the rows make a difference
+    assert f"eval spearman_cosine {exported:.4f}" in proc.stdout, proc.stdout
+    assert f"| eval (used for selection) | {base:.4f} |" in (out / "README.md").read_text()
+
+
 def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
     from tune.sweep import run_sweep
 

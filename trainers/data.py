@@ -278,11 +278,15 @@ class Splits:
     test: Split | None
 
 
+def config_split(config, path: str) -> Split:
+    """One split of a ``TrainConfig``'s data (its columns, seed and ``max_rows``), as training
+    and selection saw it: export and the baseline score on these same rows."""
+    data = config.data
+    return read_split(path, data.columns, seed=config.seed, max_rows=data.max_rows)
+
+
 def load_splits(config, *, with_test: bool = True) -> Splits:
     """The train/eval/test splits of a ``TrainConfig``, each read as scored pairs."""
     data = config.data
-
-    def read(path: str) -> Split:
-        return read_split(path, data.columns, seed=config.seed, max_rows=data.max_rows)
-
-    return Splits(read(data.train), read(data.eval), read(data.test) if with_test and data.test else None)
+    test = config_split(config, data.test) if with_test and data.test else None
+    return Splits(config_split(config, data.train), config_split(config, data.eval), test)

@@ -40,31 +40,33 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"--out {out} already exists; pass --force to replace it or choose another --out")
-    baseline = sweep.get("baseline")
-    if baseline is None:  # interrupted before the untuned model was scored, and not resumed
-        baseline = score_base_model(config)
-        sweep = {**sweep, "baseline": baseline}
+    from trainers.data import config_split
+    from trainers.evaluation import evaluate
+    from trainers.model import load_model
+
+    data = config.data
+    eval_split = config_split(config, data.eval)
+    test_split = config_split(config, data.test) if data.test else None
+    base_scores = {}
+    if sweep.get("baseline") is None:  # interrupted before the untuned model was scored, and not resumed
+        base_scores = score_base_model(config, {"eval": eval_split, "test": test_split})
+        sweep = {**sweep, "baseline": base_scores["eval"]}
+    baseline = sweep["baseline"]
     if best[OBJECTIVE] <= baseline[OBJECTIVE] and not force:
         raise ExportError(
             f"no trial beat the untuned base model (best eval {OBJECTIVE} {best[OBJECTIVE]:.4f} <= "
             f"baseline {baseline[OBJECTIVE]:.4f}); the base model is better: pass --force to export anyway"
         )
 
-    from trainers.data import read_split
-    from trainers.evaluation import evaluate
-    from trainers.model import load_model
-
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
         local_best = run_dir.download_dir(BEST, str(staging / "checkpoint")) if not run_dir.is_local else run_dir.join(BEST)
         model = load_model(local_best, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
-        data = config.data
-        scores = {"eval": evaluate(model, read_split(data.eval, data.columns, seed=config.seed), "eval")}
-        if data.test:
-            test_split = read_split(data.test, data.columns, seed=config.seed)
+        scores = {"eval": evaluate(model, eval_split, "eval")}
+        if test_split is not None:
             scores["test"] = evaluate(model, test_split, "test")
-            scores["base_test"] = evaluate(load_model(config.model, max_seq_length=config.max_seq_length), test_split, "test")
+            scores["base_test"] = base_scores.get("test") or score_base_model(config, {"test": test_split})["test"]
         model_dir = staging / "model"
         model.save(str(model_dir))
         trials = run_dir.read_csv(TRIALS) if run_dir.exists(TRIALS) else []
@@ -80,16 +82,14 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     return result
 
 
-def score_base_model(config: SweepConfig, eval_split=None) -> dict[str, float]:
-    """The untuned model's eval scores: the baseline a sweep's trials must beat."""
-    from trainers.data import read_split
+def score_base_model(config: SweepConfig, splits: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The untuned model's scores on each of ``splits`` (name -> Split; None is left out), loading
+    it once: its eval score is the baseline a sweep's trials must beat."""
     from trainers.evaluation import evaluate
     from trainers.model import load_model
 
-    if eval_split is None:
-        eval_split = read_split(config.data.eval, config.data.columns, seed=config.seed)
     model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
-    return evaluate(model, eval_split, "eval")
+    return {name: evaluate(model, split, name) for name, split in splits.items() if split is not None}
 
 
 def _require_mlflow() -> None:

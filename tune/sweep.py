@@ -280,7 +280,7 @@ def _baseline(config: SweepConfig, splits, known: dict[str, float] | None, start
 
     # One core: the rest belong to the trials starting beside it on a local Ray.
     torch.set_num_threads(1)
-    return score_base_model(config, splits.eval)
+    return score_base_model(config, {"eval": splits.eval})["eval"]
 
 
 def _publish_baseline(job: Future, run_dir: RunDir, sweep_doc: dict, config: SweepConfig, on_event: Callable | None) -> None:
