@@ -32,7 +32,7 @@ from typing import Iterator
 
 from .auth import AUTH_MODE_VAR, client_auth_env
 from .errors import ClusterError
-from .local import LOOPBACK_VAR, check_cluster, find_address
+from .local import LOOPBACK_VAR, WORKER_NICENESS, check_cluster, find_address
 from .probe import parse_address
 
 __all__ = ["ClusterError", "ConnectionInfo", "connect", "disconnect", "ray_starts_shielded_from_ctrl_c", "stop_ray_and_its_agents"]
@@ -169,6 +169,8 @@ def connect(
         # the CPU: 1 s later first training step on 2 cores (bench/overhead.py).
         os.environ.setdefault("RAY_enable_worker_prestart", "0")
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        for var, value in WORKER_NICENESS.items():
+            os.environ.setdefault(var, value)
         ray.init(
             address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
             log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver),

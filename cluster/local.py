@@ -47,6 +47,11 @@ from .errors import ClusterError
 from .probe import GcsAuthError, NodeInfo, parse_address, query_nodes, speaks_grpc, tcp_reachable
 
 LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray renices its workers to 15, so trials get a small share of the CPU while anything at normal
+# priority runs beside them (a second job, an editor, stune's own baseline scoring): on 2 busy
+# cores a trial's actor did not start within 120 s. At 0 they run at the priority Ray was
+# started with, so `nice stune sweep` still works. RAY_worker_niceness set by the user wins.
+WORKER_NICENESS = {"RAY_worker_niceness": "0"}
 DEFAULT_PORT = 6379
 # Ray's default worker port range on a head is 10002-19999; nodes we add on the
 # same machine take blocks above it.
@@ -241,7 +246,7 @@ def _ray_start(args: list[str], env: dict[str, str], log_name: str, timeout: flo
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**WORKER_NICENESS, **env},
             start_new_session=True,
         )
         try:

@@ -244,9 +244,9 @@ except ClusterError as e:
 @ray.remote(num_cpus=1)
 def where():
     time.sleep(1.5)
-    return ray.util.get_node_ip_address()
+    return ray.util.get_node_ip_address(), os.nice(0)
 
-ips = ray.get([where.remote() for _ in range(int(sys.argv[2]))])
+ips, niceness = zip(*ray.get([where.remote() for _ in range(int(sys.argv[2]))]))
 import psutil
 me = psutil.Process()
 pids = [me.pid] + [c.pid for c in me.children(recursive=True)]
@@ -255,6 +255,6 @@ ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
 disconnect()
 import ray._private.ray_constants as rc
 print(json.dumps({"describe": info.describe(), "loopback": info.loopback_only, "nodes": info.nodes,
-                  "ips": ips, "pids": pids, "ss": ss, "seconds": time.time() - t,
+                  "ips": ips, "task_niceness": niceness, "driver_niceness": os.nice(0), "pids": pids, "ss": ss, "seconds": time.time() - t,
                   "env_restored": "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ and rc.ENABLE_RAY_CLUSTER}))
 """

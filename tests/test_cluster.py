@@ -295,6 +295,8 @@ def test_multi_node_join_on_one_machine(sandbox):
     res = _driver(sandbox, addr, tasks=2)
     assert res["nodes"] == 2 and not res["loopback"], res
     assert len(set(res["ips"])) == 2, res
+    # Trials on nodes stune started run at the priority the nodes were started with, not Ray's nice 15.
+    assert set(res["task_niceness"]) == {res["driver_niceness"]}, res
 
     # Without the token: refused quickly, from the CLI and from connect().
     stranger = sandbox.with_home(sandbox.root / "stranger")
@@ -325,6 +327,7 @@ def test_connect_local_is_loopback_only(sandbox):
     res = _driver(sandbox, None)
     assert res["loopback"] and res["nodes"] == 1, res
     assert res["env_restored"], res  # disconnect() undid the loopback-only setting
+    assert set(res["task_niceness"]) == {res["driver_niceness"]}, res  # not reniced to 15 (starved beside other work)
     mine = set(res["pids"])
     own = [ln.split()[3] for ln in res["ss"].splitlines() if any(f"pid={p}," in ln for p in mine)]
     assert own, res["ss"]
