@@ -20,6 +20,7 @@ shown as "not reached".
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -121,6 +122,9 @@ def main() -> None:
     p.add_argument("--reduction-factor", type=float, default=None, help="ASHA reduction factor [stune's default]")
     p.add_argument("--strategies", nargs="+", default=None, choices=list(STRATEGIES),
                    help="[all three; quick: tpe+asha and random, the two the target compares]")
+    p.add_argument("--random-from", default=None, metavar="JSON",
+                   help="take random search's runs from this earlier result (same model, data, budget) instead of "
+                        "running them again: with a seed and no early stopping they repeat exactly")
     args = p.parse_args()
     args.strategies = args.strategies or (["tpe+asha", "random"] if args.quick else list(STRATEGIES))
     bench = common.Bench("search_efficiency", args)
@@ -153,13 +157,20 @@ def main() -> None:
     if asha:
         base["asha"] = asha
     n_eval = len(common.read_rows(data["eval"])[1])
+    setup = {"model": model_label, "budget_trial_steps": budget, "random_trials": n_random, "asha_trials_allowed": n_random * 3,
+             "steps_per_trial": steps, "evaluations_per_trial": evals, "eval_pairs": n_eval, "seeds": seeds,
+             "search_space": "stune default (every loss and its parameters, learning_rate, batch size, warmup_ratio)",
+             "overrides": {k: v for k, v in base.items() if k not in ("data", "model")}}
+    earlier = earlier_random_runs(args.random_from, setup) if args.random_from and "random" in args.strategies else []
     print(f"search efficiency: budget {budget} trial-steps (= {n_random} random trials x {steps} steps), {evals} evaluations "
           f"per trial, default search space (every loss), {model_label}, eval {n_eval} pairs, seeds {seeds}; "
           f"load {common.fmt_load(common.loadavg())}")
 
-    runs = []
+    runs = list(earlier)
     for seed in seeds:
         for name in args.strategies:
+            if earlier and name == "random":
+                continue
             runs.append(run_one(name, seed, base=base, budget=budget, trials=n_random, work=work))
             bench.sample_load(f"{name}-seed{seed}")
 
@@ -181,14 +192,27 @@ def main() -> None:
             tpe["fraction_to_random_best_mean"], f"<= {TARGET_FRACTION}", common.verdict(met)]])
     plot_path = plot(runs, args.strategies, budget, bench.out / f"{bench.stem}.png", model_label)
     bench.write({
-        "setup": {"model": model_label, "budget_trial_steps": budget, "random_trials": n_random, "asha_trials_allowed": n_random * 3,
-                  "steps_per_trial": steps, "evaluations_per_trial": evals, "eval_pairs": n_eval, "seeds": seeds,
-                  "search_space": "stune default (every loss and its parameters, learning_rate, batch size, warmup_ratio)",
-                  "overrides": {k: v for k, v in base.items() if k not in ("data", "model")}},
+        "setup": setup, "random_runs_from": args.random_from if earlier else None,
         "target": {"fraction_of_budget": TARGET_FRACTION}, "met": met,
         **figures, "plot": str(plot_path), "runs": runs,
     })
     bench.close()
+
+
+def earlier_random_runs(path: str, setup: dict) -> list[dict]:
+    """Random search's runs, one per seed of ``setup``, from an earlier result of this benchmark."""
+    with open(path) as fh:
+        before = json.load(fh)
+    for key in ("model", "budget_trial_steps", "steps_per_trial", "evaluations_per_trial", "eval_pairs"):
+        if before["setup"].get(key) != setup[key]:
+            sys.exit(f"--random-from: {path} was run with {key} {before['setup'].get(key)!r}, this run with "
+                     f"{setup[key]!r}; leave --random-from out to run random search again")
+    by_seed = {r["seed"]: r for r in before["runs"] if r["strategy"] == "random"}
+    missing = [seed for seed in setup["seeds"] if seed not in by_seed]
+    if missing:
+        sys.exit(f"--random-from: {path} has no random-search run for seed(s) {missing}; leave it out to run them")
+    print(f"random search: runs of seeds {setup['seeds']} taken from {path}")
+    return [by_seed[seed] for seed in setup["seeds"]]
 
 
 def analyse(runs: list[dict], seeds: list[int], budget: int, strategies: list[str]) -> dict:
