@@ -114,7 +114,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="[0 1 2; quick 0]")
     p.add_argument("--random-trials", type=int, default=None, help="random search's trials; budget = this x steps [16; quick 2]")
     p.add_argument("--steps", type=int, default=None, help="max_steps per trial [12; quick 4]")
-    p.add_argument("--evals", type=int, default=None, help="evaluations_per_trial = ASHA rungs [4, stune's default; quick 2]")
+    p.add_argument("--evals", type=int, default=None, help="evaluations_per_trial = ASHA rungs [4, so that ASHA's default grace period is 2; quick 2]")
     p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [100 of the embedded 400]")
     p.add_argument("--concurrency", type=int, default=None, help="max_concurrent_trials [stune's default, 2; quick 1]")
     p.add_argument("--startup-trials", type=int, default=None, help="TPE startup trials [stune's default]")

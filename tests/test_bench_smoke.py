@@ -51,6 +51,15 @@ def test_search_efficiency(tmp_path):
     assert result["strategies"]["random"]["trials_run_mean"] == result["setup"]["random_trials"]
     assert (tmp_path / "results" / "search_efficiency-quick.png").stat().st_size > 0
 
+    # --random-from: a changed TPE + ASHA setting is compared with the random runs of the first result
+    first = tmp_path / "first.json"
+    (tmp_path / "results" / "search_efficiency-quick.json").rename(first)
+    proc, again = run_bench("search_efficiency", tmp_path, "--random-from", str(first), "--reduction-factor", "3")
+    assert [r["strategy"] for r in again["runs"]] == ["random", "tpe+asha"]
+    assert again["runs"][0] == [r for r in result["runs"] if r["strategy"] == "random"][0]
+    assert again["setup"]["overrides"]["asha"] == {"reduction_factor": 3.0}
+    assert again["strategies"]["tpe+asha"]["fraction_to_random_best_mean"] is not None
+
 
 def test_quality(tmp_path):
     proc, result = run_bench("quality", tmp_path)
