@@ -601,6 +601,30 @@ def test_best_checkpoint_takes_no_second_copy_on_local_disk(tmp_path):
     assert best.read_bytes() == weights
 
 
+def test_a_trial_lost_to_a_driver_kill_leaves_no_checkpoint(tmp_path):
+    """A trial started in the last second before the driver was killed is missing from Ray's saved
+    state, so Ray never ends it after --resume; its checkpoint must not stay in the run dir for ever
+    (seen in the 50-trial kill-and-resume run)."""
+    from types import SimpleNamespace
+
+    from tune.recorder import SweepRecorder
+    from tune.rundir import RunDir
+
+    run = tmp_path / "run"
+    for trial_id in ("lost1", "kept1"):
+        (run / f"trial_{trial_id}" / "checkpoint_000000").mkdir(parents=True)
+        (run / f"trial_{trial_id}" / "checkpoint_000000" / "model.safetensors").write_bytes(b"w")
+    (run / "trials.csv").write_text("trial_id,number,status\nlost1,26,running\nkept1,25,running\n")
+    recorder = SweepRecorder(RunDir.open(str(run)), 2)
+    recorder.setup()
+    known = SimpleNamespace(trial_id="kept1", config={"loss": "CoSENTLoss"}, experiment_tag="25_x")
+    recorder.on_experiment_end([known])
+    rows = {r["trial_id"]: r for r in read_trials(run)}
+    assert rows["lost1"]["status"] == "errored" and rows["lost1"]["error"].startswith("lost:"), rows
+    assert not (run / "trial_lost1" / "checkpoint_000000").exists()
+    assert (run / "trial_kept1" / "checkpoint_000000").exists()  # Ray still ends this one
+
+
 def test_run_dir_writes_cannot_escape_it(tmp_path):
     from tune.rundir import RunDir
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tune.rundir import BEST, DONE, TRIAL_STATUSES, TRIALS, RunDir
+from tune.rundir import BEST, DONE, TRIAL_STATUSES, TRIALS, RunDir, delete_checkpoint_dirs, trial_dir_name
 from tune.trainable import BEST_OBJECTIVE, ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
@@ -138,6 +138,11 @@ class SweepRecorder(Callback):
                 # saved state: Ray's searcher made another trial in its place.
                 row["status"] = "errored"
                 row["error"] = "lost: the sweep was killed before Ray saved this trial; another trial replaced it"
+                # Ray will never end it, so nothing else deletes what it saved before the kill.
+                try:
+                    delete_checkpoint_dirs(self.run_dir.fs, self.run_dir.join(trial_dir_name(row["trial_id"])))
+                except OSError as exc:
+                    log.debug("could not delete checkpoints of lost trial %s: %s", row["trial_id"], exc)
         self._write()
 
     def close_out_of_time(self) -> None:
@@ -271,12 +276,7 @@ def _delete_trial_checkpoints(trial) -> None:
     storage = getattr(trial, "storage", None)
     if storage is None:
         return
-    import pyarrow.fs as pafs
-
-    fs = storage.storage_filesystem
     try:
-        for info in fs.get_file_info(pafs.FileSelector(storage.trial_fs_path, recursive=False)):
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-                fs.delete_dir(info.path)
-    except (FileNotFoundError, OSError) as exc:
+        delete_checkpoint_dirs(storage.storage_filesystem, storage.trial_fs_path)
+    except OSError as exc:
         log.debug("could not delete checkpoints of %s: %s", trial.trial_id, exc)

@@ -30,6 +30,19 @@ DONE = ("completed", "stopped_early", "out_of_time", "errored")
 TRIAL_STATUSES = (*DONE, "running", "pending")
 
 
+def trial_dir_name(trial_id: str) -> str:
+    """The folder of a trial in the run directory (Ray Tune's ``trial_dirname_creator``)."""
+    return f"trial_{trial_id}"
+
+
+def delete_checkpoint_dirs(fs: Any, trial_path: str) -> None:
+    """Remove the ``checkpoint_*`` folders Ray keeps in one trial's folder (what a finished trial
+    no longer needs: ``best/`` holds the winner)."""
+    for info in fs.get_file_info(pafs.FileSelector(trial_path, recursive=False, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            fs.delete_dir(info.path)
+
+
 @dataclass(frozen=True)
 class RunDir:
     uri: str  # as the user gave it (a path or a URI)

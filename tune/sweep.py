@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from trainers.errors import StuneError
 from tune.config import SweepConfig, parse_duration
-from tune.rundir import SUMMARY, SWEEP, RunDir
+from tune.rundir import SUMMARY, SWEEP, RunDir, trial_dir_name
 from tune.space import SearchSpace, initial_point_params, recipe_point
 from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
 
@@ -224,7 +224,7 @@ def run_sweep(
 
 
 def trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial_dir_name(trial.trial_id)
 
 
 def config_for_trials(config: SweepConfig) -> dict[str, Any]:
