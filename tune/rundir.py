@@ -30,9 +30,12 @@ DONE = ("completed", "stopped_early", "out_of_time", "errored")
 TRIAL_STATUSES = (*DONE, "running", "pending")
 
 
+TRIAL_DIR_PREFIX = "trial_"
+
+
 def trial_dir_name(trial_id: str) -> str:
     """The folder of a trial in the run directory (Ray Tune's ``trial_dirname_creator``)."""
-    return f"trial_{trial_id}"
+    return f"{TRIAL_DIR_PREFIX}{trial_id}"
 
 
 def delete_checkpoint_dirs(fs: Any, trial_path: str) -> None:
@@ -134,7 +137,7 @@ class RunDir:
         except (FileNotFoundError, OSError):
             return curves
         for entry in entries:
-            if entry.type != pafs.FileType.Directory or not entry.base_name.startswith("trial_"):
+            if entry.type != pafs.FileType.Directory or not entry.base_name.startswith(TRIAL_DIR_PREFIX):
                 continue
             try:
                 with self.fs.open_input_stream(posixpath.join(entry.path, "result.json")) as src:
@@ -148,7 +151,7 @@ class RunDir:
                 except ValueError:
                     continue
             if results:
-                curves[results[0].get("trial_id") or entry.base_name[len("trial_"):]] = results
+                curves[results[0].get("trial_id") or entry.base_name.removeprefix(TRIAL_DIR_PREFIX)] = results
         return curves
 
     def replace_dir_from(self, name: str, src_fs, src_path: str, skip: tuple[str, ...] = ()) -> None:
