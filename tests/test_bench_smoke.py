@@ -59,6 +59,19 @@ def test_search_efficiency(tmp_path):
     assert again["runs"][0] == [r for r in result["runs"] if r["strategy"] == "random"][0]
     assert again["setup"]["overrides"]["asha"] == {"reduction_factor": 3.0}
     assert again["strategies"]["tpe+asha"]["fraction_to_random_best_mean"] is not None
+    # ... and refuses random runs of another setup, or without the seeds asked for: one line naming
+    # the option and what differs, a non-zero exit, no result written.
+    (tmp_path / "results" / "search_efficiency-quick.json").unlink()
+    for extra, message in ((["--steps", "5"], "was run with budget_trial_steps 8, this run with 10"),
+                           (["--seeds", "5"], "has no random-search run for seed(s) [5]")):
+        proc = subprocess.run(
+            [sys.executable, str(BENCH / "search_efficiency.py"), "--quick", "--out", str(tmp_path / "results"),
+             "--work", str(tmp_path / "work"), "--random-from", str(first), *extra],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode != 0 and last.startswith(f"--random-from: {first}") and message in last, (proc.returncode, last)
+        assert not (tmp_path / "results" / "search_efficiency-quick.json").exists()
 
 
 def test_quality(tmp_path):
