@@ -308,3 +308,57 @@ def test_a_model_that_cannot_load_stops_the_sweep_and_leaves_nothing(tiny_model,
     assert_user_error(proc, "model", "could not be loaded")
     assert time.time() - t0 < 120
     assert not (tmp_path / "run").exists()
+
+
+def _broken_copy(model: str, where: Path) -> str:
+    import shutil
+
+    shutil.copytree(model, where)
+    for path in where.rglob("*.safetensors"):
+        path.write_bytes(b"not weights")
+    return str(where)
+
+
+def test_the_background_baseline_scores_the_model_once_started(tiny_model, scored_data):
+    from trainers.data import load_splits
+    from tune.sweep import BackgroundBaseline
+
+    config = SweepConfig.model_validate(sweep_config(tiny_model, scored_data))
+    baseline = BackgroundBaseline(config, load_splits(config, with_test=False))
+    published = []
+    baseline.when_done(published.append)
+    time.sleep(1)
+    assert not published, "scored before the first trial started"
+    baseline.start()
+    scores = baseline.result()
+    assert -1 <= scores[OBJECTIVE] <= 1
+    assert published == [scores]
+
+
+@pytest.mark.parametrize("loads", [True, False], ids=["model-loads", "model-broken"])
+def test_a_baseline_abandoned_by_a_stopped_sweep_is_neither_published_nor_logged(loads, tiny_model, scored_data, tmp_path, caplog):
+    """Ctrl-C (or an error) ends a sweep while its untuned model may still be scored in a
+    background thread: nothing of that may be written or logged after it (on CI, a failure logged
+    while the process exited came after the resume command, the last line a user should see)."""
+    from concurrent.futures import CancelledError
+
+    from trainers.data import load_splits
+    from tune.sweep import BackgroundBaseline
+
+    model = tiny_model if loads else _broken_copy(tiny_model, tmp_path / "broken")
+    config = SweepConfig.model_validate(sweep_config(model, scored_data))
+    splits = load_splits(config, with_test=False)
+    for abandoned_after_start in (True, False):
+        caplog.clear()
+        baseline = BackgroundBaseline(config, splits)
+        published = []
+        baseline.when_done(published.append)
+        if abandoned_after_start:  # a Ctrl-C while the model is (most likely) being scored
+            baseline.start()
+        baseline.abandon()
+        seen = (len(published), len(caplog.records))
+        baseline.failed(wait=True)
+        assert (len(published), len(caplog.records)) == seen, (published, caplog.text)
+        if not abandoned_after_start:  # before any trial started: never scored
+            with pytest.raises(CancelledError):
+                baseline.result()

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as futures_wait
 from typing import Any, Callable
 
@@ -99,11 +99,7 @@ def run_sweep(
     # the first training step 25 s after a plain script's; started at once, its imports held the
     # GIL while Ray Tune set up (bench/overhead.py). sweep.json gets the score when it is ready;
     # the summary waits for it.
-    first_trial_started = threading.Event()
-    baseline_job = in_background(_baseline, config, splits, saved and saved.get("baseline"), first_trial_started)
-
-    def baseline_failed() -> bool:
-        return baseline_job.done() and baseline_job.exception() is not None
+    baseline = BackgroundBaseline(config, splits, known=saved and saved.get("baseline"))
     try:
         with ray_starts_shielded_from_ctrl_c():
             connection = connect(address, log_to_driver=verbose)
@@ -125,7 +121,7 @@ def run_sweep(
             "warm_start_from": warm_start_from, "mlflow": mlflow,
         }
         run_dir.write_json(SWEEP, sweep_doc)
-    baseline_job.add_done_callback(lambda job: _publish_baseline(job, run_dir, sweep_doc, config, on_event))
+    baseline.when_done(lambda scores: _publish_baseline(scores, run_dir, sweep_doc, config, on_event))
 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -144,7 +140,7 @@ def run_sweep(
 
     def on_trial_event(kind, row, recorder):
         if kind == "start":
-            first_trial_started.set()
+            baseline.start()
         if kind == "done":
             upload_study()
         if on_event is not None:
@@ -188,7 +184,7 @@ def run_sweep(
                 # errors that would only repeat (NaN, out of memory) end the trial at once.
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 # A model the baseline could not load fails every trial the same way: stop at once.
-                stop=StopOnTrialError(abort_when=baseline_failed),
+                stop=StopOnTrialError(abort_when=baseline.failed),
                 callbacks=[recorder, CSVLoggerCallback(), JsonLoggerCallback(), *_mlflow_callbacks(mlflow, run_dir)],
                 # What a trial writes to its working dir (TensorBoard events) lands in RUN_DIR/trial_<id>/.
                 sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -203,23 +199,28 @@ def run_sweep(
         with relocated(sqlite_url(study_path)), (contextlib.nullcontext() if verbose else quiet_ray()), \
                 graceful_ctrl_c() as ctrl_c:
             tuner.fit()
+    except BaseException:
+        baseline.abandon()
+        raise
+    else:
+        if ctrl_c.interrupted:
+            baseline.abandon()
+        else:  # no trial started (all pending): the model is scored now
+            baseline.start()
     finally:
-        first_trial_started.set()  # no trial started (all pending, or Ctrl-C): score the model now
         disconnect()
         upload_study(force=True)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
         raise KeyboardInterrupt
     # Trials that fail at once (the model does not load for them either) can end the sweep before
     # the baseline has: its outcome decides what is left of the run dir.
-    futures_wait([baseline_job])
-    if baseline_failed() and not resume:
+    if baseline.failed(wait=True) and not resume:
         # Nothing half-written is left of a sweep that could not run.
         (run_dir.fs.delete_dir if created_here else run_dir.fs.delete_dir_contents)(run_dir.path)
-        raise baseline_job.exception()
-    baseline = baseline_job.result()
+    scores = baseline.result()
     if config.time_budget:
         recorder.close_out_of_time()
-    summary = write_summary(run_dir, config, space, recorder, baseline, seconds=time.time() - started)
+    summary = write_summary(run_dir, config, space, recorder, scores, seconds=time.time() - started)
     return summary
 
 
@@ -234,19 +235,80 @@ def config_for_trials(config: SweepConfig) -> dict[str, Any]:
     return {k: v for k, v in config.model_dump().items() if k in TrainConfig.model_fields}
 
 
-def in_background(fn: Callable, *args) -> Future:
-    """``fn(*args)`` in a daemon thread (a Ctrl-C does not wait for it), as a Future."""
-    future: Future = Future()
+class BackgroundBaseline:
+    """The untuned model's eval scores, computed in a daemon thread (a Ctrl-C does not wait for
+    it) once ``start`` is called; ``known``: a resumed sweep's, when it has them.
 
-    def run() -> None:
-        future.set_running_or_notify_cancel()
+    A sweep that ends without a summary (Ctrl-C, an error) ``abandon``s it: its outcome is then
+    neither written nor logged. The thread cannot be stopped, and a score still being computed
+    while the process exits failed on CI with a spurious "could not be scored" line after the
+    resume command (an import cut short by the exit)."""
+
+    def __init__(self, config: SweepConfig, splits, *, known: dict[str, float] | None = None):
+        self._config, self._splits, self._known = config, splits, known
+        self._started, self._abandoned = threading.Event(), threading.Event()
+        self._publishing = threading.Lock()
+        self._future: Future = Future()
+        threading.Thread(target=self._run, name="stune-baseline", daemon=True).start()
+
+    def start(self) -> None:
+        self._started.set()
+
+    def abandon(self) -> None:
+        with self._publishing:  # one being published (sweep.json being written) finishes first
+            self._abandoned.set()
+        self._started.set()
+
+    def when_done(self, publish: Callable[[dict[str, float]], None]) -> None:
+        """``publish(scores)`` once they are known; a failure is logged instead."""
+        def on_done(future: Future) -> None:
+            with self._publishing:
+                if self._abandoned.is_set():
+                    return
+                if future.exception() is not None:
+                    log.error("the untuned model could not be scored (%s); stopping the sweep", describe_error(future.exception()))
+                else:
+                    publish(future.result())
+        self._future.add_done_callback(on_done)
+
+    def failed(self, wait: bool = False) -> bool:
+        if wait:
+            futures_wait([self._future])
+        return self._future.done() and self._future.exception() is not None
+
+    def result(self) -> dict[str, float]:
+        return self._future.result()
+
+    def _run(self) -> None:
+        self._future.set_running_or_notify_cancel()
         try:
-            future.set_result(fn(*args))
+            self._future.set_result(self._score())
         except BaseException as exc:  # noqa: BLE001 - handed to whoever asks the future
-            future.set_exception(exc)
+            self._future.set_exception(exc)
 
-    threading.Thread(target=run, name=f"stune-{fn.__name__.strip('_')}", daemon=True).start()
-    return future
+    def _score(self) -> dict[str, float]:
+        _import_driver_modules()
+        if self._known:
+            return self._known
+        self._started.wait()
+        if self._abandoned.is_set():
+            raise CancelledError("the sweep stopped before the untuned model was scored")
+        import torch
+
+        from tune.export import score_base_model
+
+        # One core: the rest belong to the trials starting beside it on a local Ray.
+        torch.set_num_threads(1)
+        return score_base_model(self._config, {"eval": self._splits.eval})["eval"]
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc``, and the error it was raised from when that says more: transformers' lazy imports
+    wrap the one that matters in "Could not import module ...; set the logging verbosity to DEBUG"."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return str(exc) if root is exc else f"{exc}; caused by {type(root).__name__}: {root}"
 
 
 # What the driver needs after Ray has started, imported while it waits on that start (~5 s on 2
@@ -267,27 +329,7 @@ def _import_driver_modules() -> None:
             importlib.import_module(module)
 
 
-def _baseline(config: SweepConfig, splits, known: dict[str, float] | None, start: threading.Event) -> dict[str, float]:
-    """The untuned model's eval scores (``known``: a resumed sweep's, when it has them), computed
-    once ``start`` is set."""
-    _import_driver_modules()
-    if known:
-        return known
-    start.wait()
-    import torch
-
-    from tune.export import score_base_model
-
-    # One core: the rest belong to the trials starting beside it on a local Ray.
-    torch.set_num_threads(1)
-    return score_base_model(config, {"eval": splits.eval})["eval"]
-
-
-def _publish_baseline(job: Future, run_dir: RunDir, sweep_doc: dict, config: SweepConfig, on_event: Callable | None) -> None:
-    if job.exception() is not None:
-        log.error("the untuned model could not be scored (%s); stopping the sweep", job.exception())
-        return
-    baseline = job.result()
+def _publish_baseline(baseline: dict[str, float], run_dir: RunDir, sweep_doc: dict, config: SweepConfig, on_event: Callable | None) -> None:
     if sweep_doc.get("baseline") != baseline:
         sweep_doc["baseline"] = baseline
         run_dir.write_json(SWEEP, sweep_doc)
