@@ -415,6 +415,10 @@ def test_ctrl_c_stops_cleanly_prints_how_to_resume_and_resumes(long_run):
     assert ctrl_c["rc"] == 130, ctrl_c["stderr"][-3000:]
     assert ctrl_c["seconds"] < 60, f"Ctrl-C took {ctrl_c['seconds']:.0f} s to stop the sweep"
     assert "Traceback" not in ctrl_c["stderr"], ctrl_c["stderr"][-3000:]
+    # One line says what a Ctrl-C does, in stune's words (Ray's says the same and names Ray's API).
+    assert ctrl_c["stderr"].count("stopping: saving the sweep's state") == 1, ctrl_c["stderr"][-3000:]
+    assert "Stop signal received" not in ctrl_c["stderr"], ctrl_c["stderr"][-3000:]
+    assert "Failed to fetch metrics" not in ctrl_c["stderr"], ctrl_c["stderr"][-3000:]
     last = [line for line in ctrl_c["stderr"].splitlines() if line.strip()][-1]
     assert last == f"interrupted; the run directory is kept, continue with: stune sweep --resume --out {run}", last
     assert ctrl_c["left"] == [], f"processes left after Ctrl-C: {ctrl_c['left']}"

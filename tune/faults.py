@@ -76,9 +76,12 @@ def graceful_ctrl_c() -> Iterator[Interruption]:
         if not callable(ray_stop):  # fit() has not started yet (or has ended): nothing to save
             raise KeyboardInterrupt
         log.warning("stopping: saving the sweep's state so that it can be resumed (Ctrl-C again to stop at once)")
+        # Ray repeats that line in its own words, warns that trials stopped before their first
+        # result have no metrics, and ends by suggesting Tuner.restore(...); stune prints its own
+        # --resume command instead.
+        for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         ray_stop(signum, frame)
-        # Ray ends by suggesting Tuner.restore(...); stune prints its own --resume command instead.
-        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
