@@ -289,34 +289,30 @@ def test_time_budget_ends_the_sweep_and_names_the_trials_it_cut(tiny_model, scor
     assert checkpoint_dirs(tmp_path / "run") == []
 
 
+def _broken_copy(model: str, where: Path) -> str:
+    """A copy of ``model`` that looks right but does not load: its weights are garbage."""
+    import shutil
+
+    shutil.copytree(model, where)
+    weights = list(where.rglob("*.safetensors"))
+    assert weights
+    for path in weights:
+        path.write_bytes(b"not weights")
+    return str(where)
+
+
 def test_a_model_that_cannot_load_stops_the_sweep_and_leaves_nothing(tiny_model, scored_data, tmp_path):
     """The base model is scored beside the first trials, not before Ray starts: a model folder
     that looks right but does not load must still end the sweep with one line and exit 2, and
     leave no run dir behind."""
-    import shutil
-
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_model, broken)
-    weights = list(broken.rglob("*.safetensors"))
-    assert weights
-    for path in weights:
-        path.write_bytes(b"not weights")
+    broken = _broken_copy(tiny_model, tmp_path / "broken")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(sweep_config(str(broken), scored_data, trials=4, max_steps=4)))
+    cfg.write_text(yaml.safe_dump(sweep_config(broken, scored_data, trials=4, max_steps=4)))
     t0 = time.time()
     proc = run_stune("sweep", cfg, "--out", tmp_path / "run")
     assert_user_error(proc, "model", "could not be loaded")
     assert time.time() - t0 < 120
     assert not (tmp_path / "run").exists()
-
-
-def _broken_copy(model: str, where: Path) -> str:
-    import shutil
-
-    shutil.copytree(model, where)
-    for path in where.rglob("*.safetensors"):
-        path.write_bytes(b"not weights")
-    return str(where)
 
 
 def test_the_background_baseline_scores_the_model_once_started(tiny_model, scored_data):
