@@ -605,6 +605,50 @@ def test_best_checkpoint_takes_no_second_copy_on_local_disk(tmp_path):
     assert best.read_bytes() == weights
 
 
+def test_a_reported_checkpoint_is_linked_into_a_local_run_dir_not_copied(tmp_path):
+    """Ray persists a reported checkpoint with pyarrow's copy_files, from the file system the trial
+    reports it with to the run's storage file system. For a local run dir on the trial's disk
+    that is a hard link: the trial's new checkpoint takes its size on disk once, not twice, while
+    Ray holds both. Across disks it is a copy, byte for byte."""
+    import pyarrow.fs as pafs
+
+    from tune.rundir import RunDir
+    from tune.trainable import checkpoint_to_report
+
+    run = RunDir.open(str(tmp_path / "run"))
+    storage = run.ray_storage_filesystem
+    weights = os.urandom(8192)
+
+    def persist(local, dest):
+        (local / "sub").mkdir(parents=True)
+        (local / "model.safetensors").write_bytes(weights)
+        (local / "sub" / "config.json").write_text("{}")
+        reported = checkpoint_to_report(str(local))
+        storage.create_dir(str(dest))
+        # As ray.train._internal.storage.StorageContext.persist_current_checkpoint does:
+        pafs.copy_files(str(local), str(dest), source_filesystem=reported.filesystem,
+                        destination_filesystem=storage, chunk_size=64 * 1024 * 1024)
+
+    local, dest = tmp_path / "stune-trial-1" / "checkpoint-2", tmp_path / "run" / "trial_1" / "checkpoint_000000"
+    persist(local, dest)
+    for name in ("model.safetensors", "sub/config.json"):
+        assert (dest / name).stat().st_ino == (local / name).stat().st_ino, name
+    shutil.rmtree(local)  # what the trial does once report() returns
+    assert (dest / "model.safetensors").read_bytes() == weights
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system here to check the copy across disks")
+    other = Path(tempfile.mkdtemp(dir=shm, prefix="stune-test-"))
+    try:
+        dest2 = tmp_path / "run" / "trial_2" / "checkpoint_000000"
+        persist(other / "checkpoint-2", dest2)
+        assert (dest2 / "model.safetensors").read_bytes() == weights
+        assert (dest2 / "model.safetensors").stat().st_dev != (other / "checkpoint-2" / "model.safetensors").stat().st_dev
+    finally:
+        shutil.rmtree(other)
+
+
 def test_a_trial_lost_to_a_driver_kill_leaves_no_checkpoint(tmp_path):
     """A trial started in the last second before the driver was killed is missing from Ray's saved
     state, so Ray never ends it after --resume; its checkpoint must not stay in the run dir for ever

@@ -159,7 +159,10 @@ def run_sweep(
         {"cpu": config.cpus_per_trial, "gpu": gpus},
     )
     if resume:
-        tuner = tune.Tuner.restore(run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
+            resume_errored=True, storage_filesystem=run_dir.ray_storage_filesystem,
+        )
         _reattach(tuner, recorder)
         replayed = replay_asha_history(tuner._local_tuner._tune_config.scheduler, run_dir)
         if replayed:
@@ -179,6 +182,7 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=run_dir.name,
                 storage_path=run_dir.storage_path,
+                storage_filesystem=run_dir.ray_storage_filesystem,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 # Crashes (a killed worker, a lost node) are retried from the last checkpoint;
                 # errors that would only repeat (NaN, out of memory) end the trial at once.

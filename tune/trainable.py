@@ -127,7 +127,7 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
             "total_steps": evaluation.total_steps,
             "node": node,
         }
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(evaluation.checkpoint)))
+        ray.tune.report(metrics, checkpoint=checkpoint_to_report(str(evaluation.checkpoint)))
         # report() has persisted the checkpoint to the run's storage: the local copy is spare.
         shutil.rmtree(evaluation.checkpoint, ignore_errors=True)
 
@@ -172,6 +172,16 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
         raise SystemExit(0)
     if error is not None:
         ray.tune.report({ERROR_KEY: error, "node": node})
+
+
+def checkpoint_to_report(folder: str):
+    """A trial's checkpoint folder as ``ray.tune.report`` takes it. Its file system makes Ray's copy
+    into a local run dir on the same disk a hard link (tune.rundir.LinkingLocalFileSystem)."""
+    import ray.tune
+
+    from tune.rundir import linking_local_fs
+
+    return ray.tune.Checkpoint(folder, filesystem=linking_local_fs())
 
 
 def _at_last_step(checkpoint_dir: str) -> bool:
