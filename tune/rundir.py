@@ -65,9 +65,6 @@ class LinkingLocalFileSystem(pafs.FileSystemHandler):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LinkingLocalFileSystem)
 
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
     def __hash__(self) -> int:
         return hash(LinkingLocalFileSystem)
 
@@ -254,7 +251,9 @@ class RunDir:
         take the model's size on disk once (neither is ever written to in place)."""
         self.join(name)  # refuses a name outside the run directory before anything is copied
         local = self.is_local
-        link = local and is_local_fs(src_fs)
+        dest_fs = self.fs
+        if local and is_local_fs(src_fs):
+            src_fs = dest_fs = linking_local_fs()  # links, or copies across disks
         tmp = self.join(f".{name}.{uuid.uuid4().hex[:8]}.tmp") if local else self.join(name)
         if not local and self.exists(name):
             self.fs.delete_dir(tmp)
@@ -266,13 +265,7 @@ class RunDir:
                 rel = posixpath.relpath(info.path, src_path)
                 dest = posixpath.join(tmp, rel)
                 self.fs.create_dir(posixpath.dirname(dest), recursive=True)
-                if link:
-                    try:
-                        os.link(info.path, dest)
-                        continue
-                    except OSError:  # another file system, or links not supported: copy
-                        link = False
-                pafs.copy_files(info.path, dest, source_filesystem=src_fs, destination_filesystem=self.fs)
+                pafs.copy_files(info.path, dest, source_filesystem=src_fs, destination_filesystem=dest_fs)
         except Exception:
             if local:  # a failed copy (disk full...) leaves the old folder as it was, and no temp folder
                 with contextlib.suppress(OSError):
