@@ -78,11 +78,13 @@ class GpuSampler(threading.Thread):
     def window(self, start: float, end: float) -> dict:
         inside = [s for s in self.samples if start <= s[0] <= end]
         if not inside:
-            return {"samples": 0, "util_mean": None, "util_median": None, "mem_peak_mib": None}
+            return {"samples": 0, "util_mean": None, "util_median": None, "mem_peak_mib": None, "series": []}
         util = [statistics.mean(s[1]) for s in inside]
         return {"samples": len(inside), "util_mean": round(statistics.mean(util), 1),
                 "util_median": round(statistics.median(util), 1),
-                "mem_peak_mib": max(max(s[2]) for s in inside)}
+                "mem_peak_mib": max(max(s[2]) for s in inside),
+                # (seconds into the training window, mean utilization %, total memory MiB): for the plot
+                "series": [(round(s[0] - start, 2), round(statistics.mean(s[1]), 1), sum(s[2])) for s in inside]}
 
 
 def sweep_config(fraction: float, gpus: int, *, steps: int, evals: int, cpus: float, data: dict, dry_run: bool) -> dict:
@@ -132,7 +134,7 @@ def main() -> None:
     sampler = GpuSampler() if not dry else None
     if sampler:
         sampler.start()
-    rows, results = [], []
+    rows, results, failures = [], [], []
     try:
         for fraction in fractions:
             cfg = sweep_config(fraction, n_gpu, steps=steps, evals=args.evals, cpus=cpus, data=data, dry_run=dry)
@@ -143,38 +145,74 @@ def main() -> None:
             path.write_text(yaml.safe_dump(cfg))
             marks = bench.work / f"{tag}.marks"
             load = common.loadavg()
-            start, end, _ = common.run_timed([common.STUNE, "sweep", path, "--out", bench.work / tag, "--force"],
-                                             env=common.bench_env(marks), log=bench.work / f"{tag}.log", timeout=3600)
+            try:
+                start, end, _ = common.run_timed([common.STUNE, "sweep", path, "--out", bench.work / tag, "--force"],
+                                                 env=common.bench_env(marks), log=bench.work / f"{tag}.log", timeout=3600)
+            except SystemExit as failed:  # one fraction failing (e.g. out of GPU memory) must not lose the others
+                print(f"  gpus_per_trial {fraction:g}: FAILED\n{failed}")
+                failures.append({"gpus_per_trial": fraction, "error": str(failed)[-2000:]})
+                continue
             runs = [r for r in common.trainings(common.read_marks(marks)) if "first_step" in r and "last_step_end" in r]
             first = min(r["first_step"] for r in runs)
             last = max(r["last_step_end"] for r in runs)
             total_steps = sum(r["steps"] for r in runs)
             gpu = sampler.window(first, last) if sampler else {"util_mean": None, "util_median": None, "mem_peak_mib": None}
+            # one trial's own pace: how much packing slows each trial down while the GPU as a whole does more
+            per_trial = statistics.median(r["steps"] / (r["last_step_end"] - r["first_step"]) for r in runs if r["steps"] > 1)
             result = {"gpus_per_trial": fraction, "concurrent_trials": cfg["max_concurrent_trials"], "trials": cfg["trials"],
                       "trial_steps": total_steps, "train_window_s": round(last - first, 2), "wall_s": round(end - start, 1),
-                      "trial_steps_per_s": round(total_steps / (last - first), 3), "gpu": gpu, "loadavg": load}
+                      "trial_steps_per_s": round(total_steps / (last - first), 3),
+                      "median_trial_steps_per_s": round(per_trial, 3), "gpu": gpu, "loadavg": load}
             results.append(result)
             print(f"  gpus_per_trial {fraction:g}: {result['trial_steps_per_s']:.2f} trial-steps/s, "
                   f"GPU util {gpu['util_mean']} % (load {common.fmt_load(load)})")
     finally:
         if sampler:
             sampler.stop()
+    if not results:
+        raise SystemExit(f"every sweep failed: {failures}")
     base = results[0]["trial_steps_per_s"]
     for r in results:
         r["speedup_vs_first"] = round(r["trial_steps_per_s"] / base, 3)
         rows.append([r["gpus_per_trial"], r["concurrent_trials"], r["trials"], r["trial_steps"], r["train_window_s"],
-                     r["trial_steps_per_s"], r["speedup_vs_first"], r["gpu"]["util_mean"], r["gpu"]["util_median"],
-                     r["gpu"]["mem_peak_mib"], common.fmt_load(r["loadavg"])])
-    common.table(f"Throughput by gpus_per_trial ({'tiny test model, CPU dry run' if model else 'MiniLM'}, batch 64)",
+                     r["trial_steps_per_s"], r["speedup_vs_first"], r["median_trial_steps_per_s"], r["gpu"]["util_mean"],
+                     r["gpu"]["util_median"], r["gpu"]["mem_peak_mib"], common.fmt_load(r["loadavg"])])
+    label = "tiny test model, CPU dry run" if model else "MiniLM"
+    common.table(f"Throughput by gpus_per_trial ({label}, batch 64)",
                  ["gpus_per_trial", "concurrent", "trials", "trial-steps", "train window s", "trial-steps/s",
-                  f"x vs {results[0]['gpus_per_trial']:g}", "GPU util mean %", "median %", "GPU mem peak MiB", "load"], rows)
+                  f"x vs {results[0]['gpus_per_trial']:g}", "one trial's steps/s", "GPU util mean %", "median %",
+                  "GPU mem peak MiB", "load"], rows)
+    plot_path = plot(results, bench.out / f"{bench.stem}.png", label, common.gpu_name() or "CPU")
     bench.write({
         "setup": {"model": "tiny random BERT (tests/tiny.py)" if model else "all-MiniLM-L6-v2 (bundled)", "gpus": n_gpu, "dry_run_on_cpu": dry, "steps_per_trial": steps,
                   "evaluations_per_trial": args.evals, "batch": 64, "cpus_per_trial": cpus, "eval_pairs": 200,
                   "nvidia_smi_error": sampler.error if sampler else None},
-        "results": results,
+        "results": results, "failures": failures, "plot": plot_path,
     })
     bench.close()
+
+
+def plot(results: list[dict], path, label: str, device: str) -> str:
+    plt = common.pyplot()
+    fig, (bars, util) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    names = [f"{r['gpus_per_trial']:g}\n({r['concurrent_trials']} concurrent)" for r in results]
+    bars.bar(names, [r["trial_steps_per_s"] for r in results], color="tab:blue", label="all trials together")
+    bars.plot(names, [r["median_trial_steps_per_s"] for r in results], "o-", color="tab:orange", label="one trial (median)")
+    bars.set_xlabel("gpus_per_trial")
+    bars.set_ylabel("trial-steps per second")
+    bars.set_title(f"Throughput across the GPU, {label}, batch 64", fontsize=9)
+    bars.legend(fontsize=7)
+    bars.grid(alpha=0.3, axis="y")
+    for r in results:
+        series = r["gpu"].get("series") or []
+        util.plot([t for t, _, _ in series], [u for _, u, _ in series], lw=1, label=f"gpus_per_trial {r['gpus_per_trial']:g}")
+    util.set_xlabel("seconds into the training window")
+    util.set_ylabel("GPU utilization %, nvidia-smi")
+    util.set_ylim(0, 105)
+    util.set_title(f"GPU utilization while trials train ({device})", fontsize=9)
+    util.legend(fontsize=7)
+    util.grid(alpha=0.3)
+    return common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

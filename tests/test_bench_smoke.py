@@ -99,3 +99,18 @@ def test_gpu_packing(tmp_path):
     else:
         check_common(result, "gpu_packing")
         assert all(r["trial_steps_per_s"] > 0 for r in result["results"])
+
+
+def test_gpu_packing_cpu_dry_run_measures_every_fraction_and_plots(tmp_path):
+    """The measurement path of the GPU benchmark, run on the CPU: every fraction's sweep ran and
+    was measured (this is what a GPU session runs blind, with minutes of GPU time at stake)."""
+    proc, _ = run_bench("gpu_packing", tmp_path, "--cpu-dry-run")
+    result = json.loads((tmp_path / "results" / "gpu_packing_cpu_dry_run-quick.json").read_text())
+    assert result["setup"]["dry_run_on_cpu"] and not result["failures"]
+    assert [r["gpus_per_trial"] for r in result["results"]] == [1.0, 0.5]
+    assert [r["concurrent_trials"] for r in result["results"]] == [1, 2]
+    for r in result["results"]:
+        assert r["trial_steps"] == r["trials"] * result["setup"]["steps_per_trial"]
+        assert r["trial_steps_per_s"] > 0 and r["median_trial_steps_per_s"] > 0
+    assert Path(result["plot"]).stat().st_size > 10_000
+    assert "Throughput by gpus_per_trial" in proc.stdout
