@@ -106,8 +106,8 @@ def sweep_config(model: str | None, data: dict, trials: int, steps: int, evals: 
 def main() -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=None, help="fixed configurations N [4; quick 2]")
-    p.add_argument("--steps", type=int, default=None, help="training steps per trial [40, stune's default trial length; quick 4]")
-    p.add_argument("--evals", type=int, default=None, help="evaluations (and checkpoints) per trial [4, stune's default; quick 2]")
+    p.add_argument("--steps", type=int, default=None, help="training steps per trial [20; quick 4]")
+    p.add_argument("--evals", type=int, default=None, help="evaluations (and checkpoints) per trial [2]")
     p.add_argument("--repeats", type=int, default=None, help="(a, b) pairs [2; quick 1]")
     p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [200 of the embedded eval split's 400; quick: all 40]")
     p.add_argument("--threads", type=int, default=1, help="torch threads = cpus_per_trial [1]")
