@@ -158,7 +158,8 @@ def main() -> None:
             total_steps = sum(r["steps"] for r in runs)
             gpu = sampler.window(first, last) if sampler else {"util_mean": None, "util_median": None, "mem_peak_mib": None}
             # one trial's own pace: how much packing slows each trial down while the GPU as a whole does more
-            per_trial = statistics.median(r["steps"] / (r["last_step_end"] - r["first_step"]) for r in runs if r["steps"] > 1)
+            paces = [r["steps"] / (r["last_step_end"] - r["first_step"]) for r in runs if r["last_step_end"] > r["first_step"]]
+            per_trial = statistics.median(paces) if paces else 0.0
             result = {"gpus_per_trial": fraction, "concurrent_trials": cfg["max_concurrent_trials"], "trials": cfg["trials"],
                       "trial_steps": total_steps, "train_window_s": round(last - first, 2), "wall_s": round(end - start, 1),
                       "trial_steps_per_s": round(total_steps / (last - first), 3),
@@ -190,6 +191,9 @@ def main() -> None:
         "results": results, "failures": failures, "plot": plot_path,
     })
     bench.close()
+    if failures:  # the others are measured and written; the run as a whole did not do what was asked
+        failed = ", ".join(f"{f['gpus_per_trial']:g}" for f in failures)
+        raise SystemExit(f"gpus_per_trial {failed} failed (see above); the others are in {bench.out}")
 
 
 def plot(results: list[dict], path, label: str, device: str) -> str:
