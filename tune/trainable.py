@@ -42,7 +42,7 @@ def _import_training_libraries_in_trial_worker() -> None:
 
         # The ~550k objects these imports made live as long as the worker: moved out of the
         # collector's reach, the full collection that ends every trial (_release_memory) takes
-        # ~5 ms instead of ~0.3 s, paid at each trial hand-over (bench/overhead.py).
+        # 10-20 ms instead of ~0.3 s, paid at each trial hand-over (bench/overhead.py).
         gc.freeze()
     except Exception:  # noqa: BLE001 - an optimisation only: run_trial's own imports report the error
         pass
