@@ -2,6 +2,7 @@
 not a terminal (checked on a real CLI sweep), and the live view's content."""
 
 import io
+import json
 import re
 
 import pytest
@@ -30,6 +31,16 @@ def test_non_tty_sweep_prints_one_line_per_finished_trial(swept):
     assert {int(m.group(2)) for m in lines} == {TRIALS}
     status = {t["trial_id"]: t["status"].replace("_", " ") for t in trials}
     assert all(status[m.group(3)] == m.group(4) for m in lines)
+
+
+def test_sweep_warns_of_a_small_eval_split_and_prints_the_best_scores_interval(swept):
+    run_dir, proc = swept
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval_pairs"] == 40
+    assert "warning: data.eval has 40 pairs (under 100)" in proc.stderr, proc.stderr[-3000:]
+    low, high = summary["best_interval_95"]
+    printed = " ".join(proc.stdout.split())  # rich wraps long lines when stdout is not a terminal
+    assert f"95 % interval {low:.2f}–{high:.2f} on 40 pairs" in printed, proc.stdout
 
 
 def test_ray_tables_stay_away_without_verbose(swept):

@@ -96,6 +96,11 @@ def test_best_is_best_at_any_step_across_trials(finished_sweep):
     assert best[OBJECTIVE] == pytest.approx(max(reported), abs=1e-9)
     assert summary["baseline"][OBJECTIVE] < 1
     assert summary["beats_baseline"] == (best[OBJECTIVE] > summary["baseline"][OBJECTIVE])
+    # How sure the best score is: the eval file's pair count and an interval around the score.
+    config = json.loads((run_dir / "sweep.json").read_text())["config"]
+    assert summary["eval_pairs"] == len(Path(config["data"]["eval"]).read_text().splitlines()) - 1
+    low, high = summary["best_interval_95"]
+    assert low < best[OBJECTIVE] < high and high - low > 0.1  # 40 pairs: wide
 
 
 def test_checkpoint_disk_stays_bounded(finished_sweep):
@@ -179,7 +184,7 @@ def test_export_scores_the_base_model_when_the_sweep_did_not(finished_sweep, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = (tmp_path / "model" / "README.md").read_text()
     base = f"{summary['baseline'][OBJECTIVE]:.4f}"
-    assert f"| eval (used for selection) | {base} |" in card, card
+    assert f"| eval (used for selection) | {summary['eval_pairs']} | {base} |" in card, card
 
 
 def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
@@ -210,7 +215,7 @@ def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
     exported, base = score(str(out), 20), score(config["model"], 20)
     assert exported != pytest.approx(score(str(out), None), abs=1e-4)  # the rows make a difference
     assert f"eval spearman_cosine {exported:.4f}" in proc.stdout, proc.stdout
-    assert f"| eval (used for selection) | {base:.4f} |" in (out / "README.md").read_text()
+    assert f"| eval (used for selection) | 20 | {base:.4f} |" in (out / "README.md").read_text()
 
 
 def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):

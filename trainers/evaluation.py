@@ -4,10 +4,14 @@ triplet accuracy when the split came as triplets."""
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 from trainers.data import Split
 
 OBJECTIVE = "spearman_cosine"
+# Below this many eval pairs one pair moves spearman by hundredths, and the best of many trials
+# on them often is not the best on new data (bench/quality.py: seed 001, 14 eval pairs).
+FEW_EVAL_PAIRS = 100
 
 
 def build_evaluator(split: Split, name: str, batch_size: int = 64):
@@ -45,3 +49,13 @@ def evaluate(model, split: Split, name: str) -> dict[str, float]:
         # A collapsed model gives constant similarities: spearman is undefined.
         metrics[OBJECTIVE] = float("nan")
     return metrics
+
+
+def spearman_interval(rho: float, n_pairs: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Confidence interval of a spearman correlation measured on ``n_pairs`` pairs: Fisher's z
+    with Fieller, Hartley and Pearson's variance 1.06 / (n - 3); None below 4 pairs or for NaN."""
+    if n_pairs < 4 or not math.isfinite(rho):
+        return None
+    z = math.atanh(max(-0.999999, min(0.999999, rho)))
+    half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(1.06 / (n_pairs - 3))
+    return math.tanh(z - half), math.tanh(z + half)

@@ -206,7 +206,12 @@ def _print_sweep_summary(summary: dict) -> None:
         console.print("[red]no trial finished an evaluation[/red]")
         return
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["config"].items())
-    console.print(f"best eval spearman_cosine {best['spearman_cosine']:.4f} (base model {base:.4f}) — trial {best['trial_id']} step {best['step']}: {params}")
+    interval = summary.get("best_interval_95")
+    spread = f"95 % interval {interval[0]:.2f}–{interval[1]:.2f} on {summary['eval_pairs']} pairs; " if interval else ""
+    console.print(
+        f"best eval spearman_cosine {best['spearman_cosine']:.4f} ({spread}base model {base:.4f})"
+        f" — trial {best['trial_id']} step {best['step']}: {params}"
+    )
     if not summary["beats_baseline"]:
         console.print("[yellow]no trial beat the untuned base model: keep the base model, or widen the search[/yellow]")
     console.print(f"export it with: stune export {summary['run_dir']} --out <folder>")

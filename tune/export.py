@@ -67,12 +67,13 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
         if test_split is not None:
             scores["test"] = evaluate(model, test_split, "test")
             scores["base_test"] = base_scores.get("test") or score_base_model(config, {"test": test_split})["test"]
+        pairs = {"eval": len(eval_split.pairs), "test": len(test_split.pairs) if test_split is not None else None}
         model_dir = staging / "model"
         model.save(str(model_dir))
         trials = run_dir.read_csv(TRIALS) if run_dir.exists(TRIALS) else []
         summary = run_dir.read_json(SUMMARY) if run_dir.exists(SUMMARY) else {}
         plots = card_plots(uri, model_dir)
-        (model_dir / "README.md").write_text(model_card(config, sweep, best, scores, trials, summary, plots=plots))
+        (model_dir / "README.md").write_text(model_card(config, sweep, best, scores, trials, summary, plots=plots, pairs=pairs))
         _swap_into_place(model_dir, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -164,7 +165,8 @@ def card_plots(uri: str, model_dir: Path) -> list[tuple[str, str]]:
 
 
 def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trials: list[dict], summary: dict,
-               plots: list[tuple[str, str]] = ()) -> str:
+               plots: list[tuple[str, str]] = (), pairs: dict[str, int | None] | None = None) -> str:
+    from trainers.evaluation import spearman_interval
     from trainers.model import model_label
 
     params = best["config"]
@@ -176,6 +178,12 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
     test = scores.get("test", {}).get(OBJECTIVE)
     base_test = scores.get("base_test", {}).get(OBJECTIVE)
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
+    pairs = pairs or {}
+
+    def interval(score: float | None, n: int | None) -> str:
+        bounds = spearman_interval(score, n) if score is not None and n else None
+        return f"{bounds[0]:.2f} – {bounds[1]:.2f}" if bounds else "–"
+
     lines = [
         "---",
         "library_name: sentence-transformers",
@@ -209,10 +217,16 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
         "",
         "## Scores",
         "",
-        "| split | base model | this model |",
-        "|---|---|---|",
-        f"| eval (used for selection) | {fmt(sweep['baseline'][OBJECTIVE])} | {fmt(best[OBJECTIVE])} |",
-        f"| test (held out, scored at export) | {fmt(base_test)} | {fmt(test)} |",
+        "| split | pairs | base model | this model | 95 % interval of this model |",
+        "|---|---|---|---|---|",
+        f"| eval (used for selection) | {fmt(pairs.get('eval'))} | {fmt(sweep['baseline'][OBJECTIVE])} | {fmt(best[OBJECTIVE])}"
+        f" | {interval(best[OBJECTIVE], pairs.get('eval'))} |",
+        f"| test (held out, scored at export) | {fmt(pairs.get('test'))} | {fmt(base_test)} | {fmt(test)}"
+        f" | {interval(test, pairs.get('test'))} |",
+        "",
+        "The interval is how far a spearman correlation measured on that many pairs can be from the one on "
+        "all such data (Fisher's z); an eval score with a wide interval can make the sweep pick a trial that "
+        "only looks best on those pairs.",
         "",
         "## Training",
         "",

@@ -86,6 +86,7 @@ def run_sweep(
     from trainers.data import load_splits
 
     splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
+    warn_if_few_eval_pairs(len(splits.eval.pairs))
     model_path = resolve_model_path(config.model)
     seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
     _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
@@ -224,7 +225,9 @@ def run_sweep(
     scores = baseline.result()
     if config.time_budget:
         recorder.close_out_of_time()
-    summary = write_summary(run_dir, config, space, recorder, scores, seconds=time.time() - started)
+    summary = write_summary(
+        run_dir, config, space, recorder, scores, eval_pairs=len(splits.eval.pairs), seconds=time.time() - started
+    )
     return summary
 
 
@@ -454,12 +457,29 @@ def _reattach(tuner, recorder) -> None:
     run_config.callbacks = [recorder, KeepRunFilesCurrent((SWEEP, BEST_JSON, SUMMARY)), *callbacks]
 
 
-def write_summary(run_dir: RunDir, config: SweepConfig, space: SearchSpace, recorder, baseline, *, seconds: float) -> dict[str, Any]:
+def warn_if_few_eval_pairs(n_pairs: int) -> None:
+    from trainers.evaluation import FEW_EVAL_PAIRS
+
+    if n_pairs < FEW_EVAL_PAIRS:
+        log.warning(
+            "warning: data.eval has %d pairs (under %d): one pair moves %s by hundredths, so the trial that tops "
+            "them may not be the best on new data; give data.eval more pairs", n_pairs, FEW_EVAL_PAIRS, OBJECTIVE,
+        )
+
+
+def write_summary(
+    run_dir: RunDir, config: SweepConfig, space: SearchSpace, recorder, baseline, *, eval_pairs: int, seconds: float
+) -> dict[str, Any]:
+    from trainers.evaluation import spearman_interval
+
     best = recorder.best
     counts = recorder.counts()
+    interval = spearman_interval(best[OBJECTIVE], eval_pairs) if best else None
     summary = {
         "objective": OBJECTIVE,
         "best": best,
+        "eval_pairs": eval_pairs,
+        "best_interval_95": [round(x, 4) for x in interval] if interval else None,
         "baseline": baseline,
         "beats_baseline": bool(best and best[OBJECTIVE] > baseline[OBJECTIVE]),
         "counts": counts,
