@@ -605,6 +605,42 @@ def test_best_checkpoint_takes_no_second_copy_on_local_disk(tmp_path):
     assert best.read_bytes() == weights
 
 
+def test_a_tie_on_spearman_goes_to_the_checkpoint_with_the_higher_pearson(tmp_path):
+    """On a small eval split two trials that order the pairs alike tie exactly on spearman_cosine;
+    best/ then keeps the one whose similarities follow the gold scores more closely (pearson on
+    the same pairs), and an exact tie on both keeps the earlier checkpoint."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs as pafs
+
+    from tune.recorder import SweepRecorder
+    from tune.rundir import RunDir
+    from tune.trainable import EVAL_NOTE
+
+    recorder = SweepRecorder(RunDir.open(str(tmp_path / "run")), 4)
+
+    def report(trial_id: str, spearman: float, pearson: float) -> bytes:
+        folder = tmp_path / "run" / f"trial_{trial_id}" / "checkpoint_000000"
+        folder.mkdir(parents=True)
+        weights = os.urandom(1024)
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / EVAL_NOTE).write_text(json.dumps({"spearman_cosine": spearman, "pearson_cosine": pearson, "step": 3}))
+        trial = SimpleNamespace(trial_id=trial_id, config={"loss": "CoSENTLoss"}, last_result={"training_iteration": 1})
+        recorder.on_trial_result(0, [], trial, {"spearman_cosine": spearman, "training_iteration": 1, "step": 3})
+        recorder.on_checkpoint(0, [], trial, SimpleNamespace(filesystem=pafs.LocalFileSystem(), path=str(folder)))
+        return weights
+
+    first = report("a", 0.798, 0.80)
+    second = report("b", 0.798, 0.84)  # same ranks, closer to the gold scores
+    report("c", 0.798, 0.82)
+    report("d", 0.798, 0.84)  # a full tie: the earlier checkpoint stays
+    best = tmp_path / "run" / "best" / "model.safetensors"
+    assert recorder.best["trial_id"] == "b" and best.read_bytes() == second != first
+    report("e", 0.799, 0.10)  # spearman decides first
+    assert recorder.best["trial_id"] == "e"
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["trial_id"] == "e"
+
+
 def test_a_reported_checkpoint_is_linked_into_a_local_run_dir_not_copied(tmp_path):
     """Ray persists a reported checkpoint with pyarrow's copy_files, from the file system the trial
     reports it with to the run's storage file system. For a local run dir on the trial's disk

@@ -89,7 +89,7 @@ class SweepRecorder(Callback):
         score = evaluation.get(OBJECTIVE)
         if not isinstance(score, (int, float)) or not math.isfinite(score):
             return
-        if self.best is not None and score <= self.best[OBJECTIVE]:
+        if self.best is not None and selection_key(evaluation) <= selection_key(self.best):
             return
         pending = {
             "trial_id": trial.trial_id,
@@ -221,6 +221,15 @@ class KeepRunFilesCurrent(Callback):
 
 
 _OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "training_args.bin")
+
+
+def selection_key(scores: dict[str, Any]) -> tuple[float, float]:
+    """How checkpoints are ranked: spearman_cosine, then pearson_cosine on the same eval pairs.
+    On a small eval split two models that order the pairs alike tie exactly on spearman (it
+    reads ranks only); pearson tells apart the one whose similarities follow the gold scores
+    more closely. An earlier checkpoint keeps its place on a full tie."""
+    pearson = scores.get("pearson_cosine")
+    return scores[OBJECTIVE], pearson if isinstance(pearson, (int, float)) and math.isfinite(pearson) else -math.inf
 
 
 def _params(config: dict[str, Any]) -> dict[str, Any]:
