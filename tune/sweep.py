@@ -86,7 +86,6 @@ def run_sweep(
     from trainers.data import load_splits
 
     splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
-    warn_if_few_eval_pairs(len(splits.eval.pairs))
     model_path = resolve_model_path(config.model)
     seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
     _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
@@ -108,6 +107,7 @@ def run_sweep(
         stop_ray_and_its_agents()
         raise
     log.info("trials run on %s", connection.describe())
+    warn_if_few_eval_pairs(len(splits.eval.pairs))  # once the input is known good: a bad one gets one error line
     from ray import tune
 
     gpus = config.gpus_per_trial
