@@ -151,3 +151,34 @@ def test_help_shows_every_option_as_written():
     sweep_help = run_stune("sweep", "--help", env={"COLUMNS": "200"}).stdout
     assert "stune[mlflow]" in sweep_help
     assert "--resume  " in sweep_help or "--resume\n" in sweep_help
+
+
+def test_train_keeps_the_checkpoint_the_sweep_would_on_a_spearman_tie(tmp_path):
+    """`stune train` and a sweep's best/ rank checkpoints alike: spearman_cosine, then pearson_cosine
+    on the same eval pairs; an exact tie on both keeps the earlier checkpoint (tests/test_reliability.py
+    checks the sweep side)."""
+    from types import SimpleNamespace
+
+    from trainers.train import _Watcher
+
+    watcher = _Watcher(n_steps=40, on_evaluation=None, keep_best_model=True)
+    output_dir = tmp_path / "checkpoints"
+    args = SimpleNamespace(output_dir=str(output_dir))
+
+    def evaluate_and_save(step: int, spearman: float, pearson: float) -> None:
+        checkpoint = output_dir / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_text(f"weights at step {step}")
+        state = SimpleNamespace(global_step=step, max_steps=40, epoch=step / 40)
+        metrics = {"eval_eval_spearman_cosine": spearman, "eval_eval_pearson_cosine": pearson}
+        watcher.on_evaluate(args, state, None, metrics=metrics)
+        watcher.on_save(args, state, None)
+
+    evaluate_and_save(10, 0.798, 0.80)
+    evaluate_and_save(20, 0.798, 0.84)  # same ranks, similarities closer to the gold scores
+    evaluate_and_save(30, 0.798, 0.84)  # a full tie: step 20 stays
+    assert watcher.best()["step"] == 20
+    assert (watcher.best_checkpoint / "model.safetensors").read_text() == "weights at step 20"
+    evaluate_and_save(40, 0.799, 0.10)  # spearman decides first
+    assert watcher.best()["step"] == 40
+    assert (watcher.best_checkpoint / "model.safetensors").read_text() == "weights at step 40"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Any
 
 from trainers.data import Split
 
@@ -49,6 +50,16 @@ def evaluate(model, split: Split, name: str) -> dict[str, float]:
         # A collapsed model gives constant similarities: spearman is undefined.
         metrics[OBJECTIVE] = float("nan")
     return metrics
+
+
+def selection_key(scores: dict[str, Any]) -> tuple[float, float]:
+    """How checkpoints are ranked, by ``stune train`` and by a sweep's ``best/``: spearman_cosine,
+    then pearson_cosine on the same eval pairs. On a small eval split two models that order the
+    pairs alike tie exactly on spearman (it reads ranks only); pearson tells apart the one whose
+    similarities follow the gold scores more closely. Rank with ``>`` so that an earlier
+    checkpoint keeps its place on a full tie."""
+    pearson = scores.get("pearson_cosine")
+    return scores[OBJECTIVE], pearson if isinstance(pearson, (int, float)) and math.isfinite(pearson) else -math.inf
 
 
 def spearman_interval(rho: float, n_pairs: int, level: float = 0.95) -> tuple[float, float] | None:

@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from trainers.config import TrainConfig
 from trainers.data import Splits, adapt, load_splits
 from trainers.errors import StuneError, TrainingError
-from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, short_metrics
+from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, selection_key, short_metrics
 from trainers.losses import get_loss
 from trainers.model import load_model, model_label
 
@@ -166,7 +166,7 @@ def fine_tune(
             ) from None
         raise
 
-    best = max(watcher.history, key=lambda h: h["metrics"][OBJECTIVE])
+    best = watcher.best()
     best_model = model
     if best["step"] != watcher.history[-1]["step"] and watcher.best_checkpoint:
         best_model = load_model(str(watcher.best_checkpoint), max_seq_length=config.max_seq_length)
@@ -220,8 +220,12 @@ class _Watcher(TrainerCallback):
         self.on_evaluation = on_evaluation
         self.history: list[dict] = []
         self.pending: dict | None = None
-        self.best_score = -math.inf
+        self.best_key: tuple[float, float] | None = None
         self.best_checkpoint: Path | None = None
+
+    def best(self) -> dict:
+        """The best evaluation by ``selection_key``; the earliest of equals."""
+        return max(self.history, key=lambda h: selection_key(h["metrics"]))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
@@ -249,8 +253,9 @@ class _Watcher(TrainerCallback):
             _save_schedule_and_rng(checkpoint, lr_scheduler)
         if self.pending is None or self.pending["step"] != state.global_step:
             return
-        if self.keep_best_model and self.pending["metrics"][OBJECTIVE] > self.best_score:
-            self.best_score = self.pending["metrics"][OBJECTIVE]
+        key = selection_key(self.pending["metrics"])
+        if self.keep_best_model and (self.best_key is None or key > self.best_key):
+            self.best_key = key
             self.best_checkpoint = _keep_best(checkpoint)
         if self.on_evaluation:
             self.on_evaluation(Evaluation(checkpoint=checkpoint, total_steps=self.n_steps, **self.pending))

@@ -19,6 +19,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from trainers.evaluation import selection_key
 from tune.rundir import BEST, DONE, TRIAL_STATUSES, TRIALS, RunDir, delete_checkpoint_dirs, trial_dir_name
 from tune.trainable import BEST_OBJECTIVE, ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
 
@@ -221,15 +222,6 @@ class KeepRunFilesCurrent(Callback):
 
 
 _OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "training_args.bin")
-
-
-def selection_key(scores: dict[str, Any]) -> tuple[float, float]:
-    """How checkpoints are ranked: spearman_cosine, then pearson_cosine on the same eval pairs.
-    On a small eval split two models that order the pairs alike tie exactly on spearman (it
-    reads ranks only); pearson tells apart the one whose similarities follow the gold scores
-    more closely. An earlier checkpoint keeps its place on a full tie."""
-    pearson = scores.get("pearson_cosine")
-    return scores[OBJECTIVE], pearson if isinstance(pearson, (int, float)) and math.isfinite(pearson) else -math.inf
 
 
 def _params(config: dict[str, Any]) -> dict[str, Any]:
