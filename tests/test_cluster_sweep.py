@@ -69,6 +69,9 @@ def sandbox(request):
 
 
 def test_sweep_runs_trials_on_both_nodes_of_a_real_cluster_and_exports(sandbox, tiny_model, scored_data, tmp_path):
+    # Nodes reachable over the network need not share the driver's disk: the model reaches each
+    # one through Ray's object store and is unpacked once per node, here into one shared cache.
+    sandbox.env["STUNE_CACHE"] = str(tmp_path / "model-cache")
     port = free_port()
     up = sandbox.cli("up", "--multi-node", "--port", str(port), "--num-cpus", "1")
     assert up.returncode == 0, up.stderr
@@ -91,6 +94,8 @@ def test_sweep_runs_trials_on_both_nodes_of_a_real_cluster_and_exports(sandbox, 
     assert nodes == node_ips, f"trials ran on {nodes}, expected both nodes {node_ips}: {rows}\n{sweep.stderr[-2000:]}"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best"][OBJECTIVE] == pytest.approx(max(float(r[OBJECTIVE]) for r in rows), abs=1e-6)
+    unpacked = list((tmp_path / "model-cache").iterdir())  # one copy, no staging folder left over
+    assert len(unpacked) == 1 and (unpacked[0] / "model" / "config.json").is_file(), unpacked
 
     export = stune("export", tmp_path / "run", "--out", tmp_path / "model", env=sandbox.env, cwd=tmp_path)
     assert export.returncode == 0, export.stderr[-3000:]

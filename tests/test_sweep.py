@@ -1,6 +1,7 @@
 """``stune sweep`` / ``stune export`` on real Ray (in-process, loopback only) with the tiny model."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -42,7 +43,15 @@ def finished_sweep(tiny_model, scored_data, tmp_path_factory):
         running = sum(1 for r in recorder.rows.values() if r["status"] == "running")
         disk_samples.append((len(checkpoint_dirs(run_dir)), running))
 
-    summary = run_sweep(config, str(run_dir), on_event=watch_disk)
+    # Where trials would unpack a model shipped through Ray's object store (tune/trainable.py);
+    # the Ray workers started by run_sweep inherit this process's environment.
+    model_cache = run_dir.parent / "model-cache"
+    before = os.environ.get("STUNE_CACHE")
+    os.environ["STUNE_CACHE"] = str(model_cache)
+    try:
+        summary = run_sweep(config, str(run_dir), on_event=watch_disk)
+    finally:
+        os.environ.pop("STUNE_CACHE") if before is None else os.environ.__setitem__("STUNE_CACHE", before)
     return run_dir, summary, disk_samples
 
 
@@ -101,6 +110,14 @@ def test_best_is_best_at_any_step_across_trials(finished_sweep):
     assert summary["eval_pairs"] == len(Path(config["data"]["eval"]).read_text().splitlines()) - 1
     low, high = summary["best_interval_95"]
     assert low < best[OBJECTIVE] < high and high - low > 0.1  # 40 pairs: wide
+
+
+def test_trials_on_this_machines_private_ray_read_the_model_folder_in_place(finished_sweep):
+    """No copy of the model goes through Ray's object store or into a per-node cache when every
+    node is this machine (a loopback-only Ray); tests/test_cluster_sweep.py covers the shipped copy."""
+    run_dir, summary, _ = finished_sweep
+    assert summary["counts"]["errored"] == 0 and summary["best"] is not None  # the trials loaded it
+    assert not (run_dir.parent / "model-cache").exists()
 
 
 def test_checkpoint_disk_stays_bounded(finished_sweep):

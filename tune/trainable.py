@@ -88,7 +88,7 @@ def unpack_model(digest: str, data) -> str:
         try:
             os.replace(staging, target)
         except OSError:  # another trial on this node won the race
-            pass
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target / "model")
 
 
@@ -111,7 +111,9 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
 
     overrides = trial_overrides(params)
     config = TrainConfig.model_validate({**base_config, **overrides})
-    if model_bundle is not None:
+    if isinstance(model_bundle, str):  # a folder on this machine: every node of a loopback-only Ray is here
+        config.model = model_bundle
+    elif model_bundle is not None:
         config.model = unpack_model(*model_bundle)
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
     if cpus:  # one trial per core must not spawn a thread per core each
