@@ -155,7 +155,7 @@ def run_sweep(
             splits=splits,
             # A loopback-only Ray has every node on this machine: trials read the model folder in
             # place. Otherwise it is shipped through the object store, as nodes need not share
-            # this disk (packing, storing and unpacking MiniLM took ~0.55 s before the first step).
+            # this disk (for MiniLM: ~0.55 s of CPU, 92 MB in the object store and 88 MB unpacked).
             model_bundle=os.path.abspath(model_path) if connection.loopback_only else pack_model(model_path),
             evaluations=config.evaluations_per_trial,
         ),
