@@ -51,7 +51,10 @@ def finished_sweep(tiny_model, scored_data, tmp_path_factory):
     try:
         summary = run_sweep(config, str(run_dir), on_event=watch_disk)
     finally:
-        os.environ.pop("STUNE_CACHE") if before is None else os.environ.__setitem__("STUNE_CACHE", before)
+        if before is None:
+            del os.environ["STUNE_CACHE"]
+        else:
+            os.environ["STUNE_CACHE"] = before
     return run_dir, summary, disk_samples
 
 
