@@ -1,7 +1,6 @@
 """``stune sweep`` / ``stune export`` on real Ray (in-process, loopback only) with the tiny model."""
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -45,16 +44,9 @@ def finished_sweep(tiny_model, scored_data, tmp_path_factory):
 
     # Where trials would unpack a model shipped through Ray's object store (tune/trainable.py);
     # the Ray workers started by run_sweep inherit this process's environment.
-    model_cache = run_dir.parent / "model-cache"
-    before = os.environ.get("STUNE_CACHE")
-    os.environ["STUNE_CACHE"] = str(model_cache)
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("STUNE_CACHE", str(run_dir.parent / "model-cache"))
         summary = run_sweep(config, str(run_dir), on_event=watch_disk)
-    finally:
-        if before is None:
-            del os.environ["STUNE_CACHE"]
-        else:
-            os.environ["STUNE_CACHE"] = before
     return run_dir, summary, disk_samples
 
 

@@ -220,7 +220,6 @@ class _Watcher(TrainerCallback):
         self.on_evaluation = on_evaluation
         self.history: list[dict] = []
         self.pending: dict | None = None
-        self.best_key: tuple[float, float] | None = None
         self.best_checkpoint: Path | None = None
 
     def best(self) -> dict:
@@ -253,9 +252,7 @@ class _Watcher(TrainerCallback):
             _save_schedule_and_rng(checkpoint, lr_scheduler)
         if self.pending is None or self.pending["step"] != state.global_step:
             return
-        key = selection_key(self.pending["metrics"])
-        if self.keep_best_model and (self.best_key is None or key > self.best_key):
-            self.best_key = key
+        if self.keep_best_model and self.best() is self.pending:  # better than every earlier evaluation
             self.best_checkpoint = _keep_best(checkpoint)
         if self.on_evaluation:
             self.on_evaluation(Evaluation(checkpoint=checkpoint, total_steps=self.n_steps, **self.pending))
