@@ -160,6 +160,8 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
         "sweep into a folder in use": Case(["sweep", "{cfg}", "--out", "{case}/plain"], ["already exists", "--resume", "--force"],
                                            cfg(), {"plain/notes.txt": "my own file"}),
         "zero trials on the command line": Case(["sweep", "--trials", "0", "--out", "{out}"], ["--trials", "stune sweep --help"]),
+        "--time-budget that is no duration": Case(["sweep", "{cfg}", "--time-budget", "soon", "--out", "{out}"],
+                                                  ["--time-budget", "'soon'", "10m"], cfg()),
         "unknown option": Case(["sweep", "--trails", "3", "--out", "{out}"], ["--trails", "--trials"]),
         "--address that is no address": Case(["sweep", "{cfg}", "--address", "not an address", "--out", "{out}"],
                                              ["--address", "HOST:PORT"], cfg()),

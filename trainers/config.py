@@ -125,7 +125,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], source
     if err["type"] == "missing":
         return f"{source}: {loc} is required"
     got = err.get("input")
-    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) and repr(got) not in msg else ""
     return f"{source}: {loc + ': ' if loc else ''}{msg}{shown}"
 
 

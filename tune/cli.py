@@ -145,19 +145,23 @@ def sweep(
     _setup_logging(verbose)
     with _UserErrors():
         from trainers.errors import ConfigError
-        from tune.config import load_sweep_config
+        from tune.config import load_sweep_config, parse_duration
 
         if resume and not out:
             raise ConfigError("--resume needs --out RUN_DIR: the run directory of the sweep to continue")
         splits = _data_folder(data) if data else {}
         if config is None and time_budget is None and not resume:
             time_budget = DEFAULT_TIME_BUDGET  # the no-config sweep must end in ~10 minutes on 2 CPU cores
+        if time_budget is not None:
+            try:
+                parse_duration(time_budget)
+            except ValueError as exc:
+                raise ConfigError(f"--time-budget: {exc}") from None
         cfg = load_sweep_config(config, model=model, trials=trials, seed=seed, time_budget=time_budget, **splits)
         from tune.sweep import default_run_dir, run_sweep
 
         out = out or default_run_dir()
         try:
-            from tune.config import parse_duration
             from tune.progress import progress_for
 
             budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
