@@ -39,8 +39,30 @@ def test_sweep_warns_of_a_small_eval_split_and_prints_the_best_scores_interval(s
     assert summary["eval_pairs"] == 40
     assert "warning: data.eval has 40 pairs (under 100)" in proc.stderr, proc.stderr[-3000:]
     low, high = summary["best_interval_95"]
-    printed = " ".join(proc.stdout.split())  # rich wraps long lines when stdout is not a terminal
-    assert f"95 % interval {low:.2f}–{high:.2f} on 40 pairs" in printed, proc.stdout
+    assert f"95 % interval {low:.2f}–{high:.2f} on 40 pairs" in proc.stdout, proc.stdout
+
+
+def test_sweep_summary_is_one_line_per_fact_and_its_export_command_fits_the_outcome(swept, capsys):
+    from tune.cli import _print_sweep_summary
+
+    run_dir, proc = swept
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = summary["best"]
+    # not wrapped at 80 columns in a log: the score and the trial it came from are on one line
+    best_lines = [line for line in proc.stdout.splitlines() if line.startswith(f"best eval {OBJECTIVE}")]
+    assert len(best_lines) == 1, proc.stdout
+    assert f"{best[OBJECTIVE]:.4f}" in best_lines[0] and f"trial {best['trial_id']} step {best['step']}" in best_lines[0]
+
+    def export_hint(beats_baseline: bool) -> str:
+        if beats_baseline:
+            return f"export it with: stune export {run_dir} --out <folder>"
+        return f"export it anyway with: stune export {run_dir} --out <folder> --force"  # export refuses without it
+
+    assert proc.stdout.splitlines()[-1] == export_hint(summary["beats_baseline"]), proc.stdout
+    _print_sweep_summary({**summary, "beats_baseline": not summary["beats_baseline"]})  # the other outcome
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == export_hint(not summary["beats_baseline"]), printed
+    assert ("no trial beat the untuned base model" in printed[-2]) == summary["beats_baseline"], printed
 
 
 def test_ray_tables_stay_away_without_verbose(swept):

@@ -201,7 +201,7 @@ def _print_sweep_summary(summary: dict) -> None:
 
     from tune.progress import describe_counts
 
-    console = Console()
+    console = Console(soft_wrap=True)  # one line per fact, also in logs and pipes (rich wraps at 80 there)
     counts = summary["counts"]
     best = summary["best"]
     base = summary["baseline"]["spearman_cosine"]
@@ -216,9 +216,11 @@ def _print_sweep_summary(summary: dict) -> None:
         f"best eval spearman_cosine {best['spearman_cosine']:.4f} ({spread}base model {base:.4f})"
         f" — trial {best['trial_id']} step {best['step']}: {params}"
     )
-    if not summary["beats_baseline"]:
+    if summary["beats_baseline"]:
+        console.print(f"export it with: stune export {summary['run_dir']} --out <folder>", highlight=False)
+    else:
         console.print("[yellow]no trial beat the untuned base model: keep the base model, or widen the search[/yellow]")
-    console.print(f"export it with: stune export {summary['run_dir']} --out <folder>")
+        console.print(f"export it anyway with: stune export {summary['run_dir']} --out <folder> --force", highlight=False)
 
 
 @app.command()
