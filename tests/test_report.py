@@ -52,6 +52,9 @@ def test_terminal_table_shows_the_best_trial(report, swept):
     assert best["trial_id"] in proc.stdout
     assert f"{best[OBJECTIVE]:.4f}" in proc.stdout
     assert "report.html" in proc.stdout
+    # one line per trial in a pipe, hyperparameters included (not wrapped to 80 columns)
+    row = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(best["trial_id"])]
+    assert len(row) == 1 and f"{best[OBJECTIVE]:.4f}" in row[0] and "lr=" in row[0] and "batch=" in row[0], proc.stdout
 
 
 class _Refs(HTMLParser):

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -515,7 +516,8 @@ def print_table(data: RunData, top: int = 10, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    # In a pipe or a log rich would fit the table to 80 columns and wrap each row over several lines.
+    console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     for line in headline(data):
         console.print(line, highlight=False)
     header, rows = table_rows(data, top, compact=True)
