@@ -32,6 +32,8 @@ def test_train_writes_a_loadable_model_and_metrics(tiny_model, scored_data, tmp_
     assert (out / "train.log").read_text().count("spearman_cosine") >= 2
     assert "test" in proc.stdout and "base model" in proc.stdout
     assert not (out / "checkpoints").exists()
+    # the best checkpoint is chosen on 40 eval pairs: the user is told that is few
+    assert "warning: data.eval has 40 pairs (under 100)" in proc.stderr and "the checkpoint that tops them" in proc.stderr
     # Never overwritten without --force.
     again = run_stune("train", cfg, "--out", out)
     assert_user_error(again, "--out", "--force")

@@ -70,3 +70,13 @@ def spearman_interval(rho: float, n_pairs: int, level: float = 0.95) -> tuple[fl
     z = math.atanh(max(-0.999999, min(0.999999, rho)))
     half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(1.06 / (n_pairs - 3))
     return math.tanh(z - half), math.tanh(z + half)
+
+
+def few_eval_pairs_warning(n_pairs: int, chosen: str) -> str | None:
+    """The warning for an eval split too small to choose ``chosen`` (a trial, a checkpoint) on."""
+    if n_pairs >= FEW_EVAL_PAIRS:
+        return None
+    return (
+        f"warning: data.eval has {n_pairs} pairs (under {FEW_EVAL_PAIRS}): one pair moves {OBJECTIVE} by hundredths, "
+        f"so the {chosen} that tops them may not be the best on new data; give data.eval more pairs"
+    )

@@ -96,6 +96,10 @@ def train(
             raise ConfigError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
         splits = load_splits(cfg)  # bad data and model paths fail here, before torch is imported
         resolve_model_path(cfg.model)
+        from trainers.evaluation import few_eval_pairs_warning
+
+        if warning := few_eval_pairs_warning(len(splits.eval.pairs), "checkpoint"):
+            logging.getLogger("stune").warning(warning)
         from trainers.train import train_to_dir
 
         result = train_to_dir(cfg, out, splits=splits, force=force, verbose=verbose)

@@ -107,7 +107,11 @@ def run_sweep(
         stop_ray_and_its_agents()
         raise
     log.info("trials run on %s", connection.describe())
-    warn_if_few_eval_pairs(len(splits.eval.pairs))  # once the input is known good: a bad one gets one error line
+    from trainers.evaluation import few_eval_pairs_warning
+
+    # once the input is known good: a bad one gets one error line
+    if warning := few_eval_pairs_warning(len(splits.eval.pairs), "trial"):
+        log.warning(warning)
     from ray import tune
 
     gpus = config.gpus_per_trial
@@ -457,16 +461,6 @@ def _reattach(tuner, recorder) -> None:
     ours = (type(recorder), KeepRunFilesCurrent)
     callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)]
     run_config.callbacks = [recorder, KeepRunFilesCurrent((SWEEP, BEST_JSON, SUMMARY)), *callbacks]
-
-
-def warn_if_few_eval_pairs(n_pairs: int) -> None:
-    from trainers.evaluation import FEW_EVAL_PAIRS
-
-    if n_pairs < FEW_EVAL_PAIRS:
-        log.warning(
-            "warning: data.eval has %d pairs (under %d): one pair moves %s by hundredths, so the trial that tops "
-            "them may not be the best on new data; give data.eval more pairs", n_pairs, FEW_EVAL_PAIRS, OBJECTIVE,
-        )
 
 
 def write_summary(
