@@ -37,9 +37,9 @@ def up(
     multi_node: bool = typer.Option(
         False, "--multi-node", help="Listen on all interfaces so other machines can join (token auth required)."
     ),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=0, help="CPUs this node offers (default: all)."),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", min=0, help="GPUs this node offers (default: all)."),
-    port: int = typer.Option(local.DEFAULT_PORT, "--port", min=0, max=65535, help="GCS port of the head (0: any free)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", metavar="N", min=0, help="CPUs this node offers (default: all)."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", metavar="N", min=0, help="GPUs this node offers (default: all)."),
+    port: int = typer.Option(local.DEFAULT_PORT, "--port", metavar="PORT", min=0, max=65535, help="GCS port of the head (0: any free)."),
 ) -> None:
     """Start a Ray head on this machine (single-node and loopback-only unless --multi-node)."""
     try:
@@ -70,12 +70,12 @@ def up(
 
 @app.command()
 def join(
-    address: str = typer.Argument(..., help="The head's address HOST:PORT, as printed by `stune cluster up`."),
-    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=0, help="CPUs this node offers (default: all)."),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", min=0, help="GPUs this node offers (default: all)."),
+    address: str = typer.Argument(..., metavar="ADDRESS", help="The head's address HOST:PORT, as printed by `stune cluster up`."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", metavar="N", min=0, help="CPUs this node offers (default: all)."),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", metavar="N", min=0, help="GPUs this node offers (default: all)."),
     token_file: Optional[str] = typer.Option(
         None,
-        "--token-file",
+        "--token-file", metavar="FILE",
         help="File with the head's token (default: $RAY_AUTH_TOKEN, else ~/.ray/auth_token).",
     ),
 ) -> None:
@@ -97,7 +97,7 @@ def join(
 @app.command()
 def status(
     address: Optional[str] = typer.Option(
-        None, "--address", help="HOST:PORT of the cluster (default: the one started here, else RAY_ADDRESS)."
+        None, "--address", metavar="ADDR", help="HOST:PORT of the cluster (default: the one started here, else RAY_ADDRESS)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -136,7 +136,7 @@ def status(
 
 @app.command()
 def down(
-    grace: float = typer.Option(5.0, "--grace", min=0, help="Seconds to wait after SIGTERM before SIGKILL."),
+    grace: float = typer.Option(5.0, "--grace", metavar="SECONDS", min=0, help="Seconds to wait after SIGTERM before SIGKILL."),
 ) -> None:
     """Stop the Ray nodes that `up`/`join` started on this machine (and no other Ray processes)."""
     recs = local.load_nodes()

@@ -152,6 +152,9 @@ def test_help_shows_every_option_as_written():
         assert "--force" in proc.stdout or "--multi-node" in proc.stdout
     sweep_help = run_stune("sweep", "--help", env={"COLUMNS": "200"}).stdout
     assert "stune[mlflow]" in sweep_help
+    # each value is named as the README names it, not by its Python type
+    for option in ("--out RUN_DIR", "--trials N", "--time-budget DURATION", "--storage URI", "--data DIR"):
+        assert option in sweep_help, sweep_help
     assert "--resume  " in sweep_help or "--resume\n" in sweep_help
 
 

@@ -75,8 +75,8 @@ class _UserErrors:
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="YAML config; omitted: bundled MiniLM on the embedded HR data."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (model/, metrics.json, train.log)."),
+    config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help="YAML config; omitted: bundled MiniLM on the embedded HR data."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Output folder (model/, metrics.json, train.log)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -126,22 +126,22 @@ def _print_train_result(result, out: Path) -> None:
 
 @app.command()
 def sweep(
-    config: Optional[Path] = typer.Argument(None, help="YAML config (a train config plus search:, trials:, ...)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder holding train.*, eval.* and optionally test.* files."),
-    model: Optional[str] = typer.Option(None, "--model", help="Local SentenceTransformer folder (default: bundled MiniLM)."),
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Number of trials."),
-    out: Optional[str] = typer.Option(None, "--out", help="Run directory (default runs/sweep-<time>)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or HOST:PORT (default: local, loopback only)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Put the run directory under this URI (s3://bucket/prefix, gs://...)."),
+    config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help="YAML config (a train config plus search:, trials:, ...)."),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder holding train.*, eval.* and optionally test.* files."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="PATH", help="Local SentenceTransformer folder (default: bundled MiniLM)."),
+    trials: Optional[int] = typer.Option(None, "--trials", metavar="N", min=1, help="Number of trials."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="RUN_DIR", help="Run directory (default runs/sweep-<time>)."),
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="Ray cluster: auto or HOST:PORT (default: local, loopback only)."),
+    storage: Optional[str] = typer.Option(None, "--storage", metavar="URI", help="Put the run directory under this URI (s3://bucket/prefix, gs://...)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out after a crash or Ctrl-C."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the searcher and of every trial."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop starting trials after e.g. 10m, 2h."),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="SEED", help="Seed of the searcher and of every trial."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", metavar="DURATION", help="Stop starting trials after e.g. 10m, 2h."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
     warm_start_from: Optional[str] = typer.Option(
-        None, "--warm-start-from", help="RUN_DIR of an earlier sweep: its finished trials (study.db) seed the searcher."
+        None, "--warm-start-from", metavar="RUN_DIR", help="RUN_DIR of an earlier sweep: its finished trials (study.db) seed the searcher."
     ),
     mlflow: Optional[str] = typer.Option(
-        None, "--mlflow", help="MLflow tracking URI: log each trial's params and metrics there (needs stune[mlflow])."
+        None, "--mlflow", metavar="URI", help="MLflow tracking URI: log each trial's params and metrics there (needs stune[mlflow])."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own progress tables and logs instead of stune's progress view."),
 ) -> None:
@@ -229,11 +229,11 @@ def _print_sweep_summary(summary: dict) -> None:
 
 @app.command()
 def export(
-    run_dir: str = typer.Argument(..., help="Run directory of a sweep (local path or URI)."),
-    out: Path = typer.Option(..., "--out", help="Folder to write the model to."),
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Run directory of a sweep (local path or URI)."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Folder to write the model to."),
     force: bool = typer.Option(False, "--force", help="Replace --out; export even if no trial beat the base model."),
     mlflow: Optional[str] = typer.Option(
-        None, "--mlflow", help="MLflow tracking URI to log the exported model to (default: the sweep's --mlflow, if any)."
+        None, "--mlflow", metavar="URI", help="MLflow tracking URI to log the exported model to (default: the sweep's --mlflow, if any)."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -254,9 +254,9 @@ def export(
 
 @app.command()
 def report(
-    run_dir: str = typer.Argument(..., help="Run directory of a sweep (local path or URI), finished, running or interrupted."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for report.html and the PNGs (default RUN_DIR/report)."),
-    top: int = typer.Option(10, "--top", min=1, help="Trials in the top-trials tables."),
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Run directory of a sweep (local path or URI), finished, running or interrupted."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for report.html and the PNGs (default RUN_DIR/report)."),
+    top: int = typer.Option(10, "--top", metavar="N", min=1, help="Trials in the top-trials tables."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Top trials in the terminal; an offline HTML report and PNG plots of the sweep."""
