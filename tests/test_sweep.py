@@ -142,6 +142,16 @@ def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
     card = (out / "README.md").read_text()
     assert summary["best"]["config"]["loss"] in card
     assert "test (held out" in card and "Top trials" in card
+    # the winning settings as they were sampled (a learning rate of 6.8e-05 must not read 0.0001)
+    assert f"learning_rate={summary['best']['config']['learning_rate']:.4g}" in card, card
+    # a model exported with --force although the base model scored higher says so
+    assert ("No trial beat the untuned base model" in card) == (not summary["beats_baseline"]), card
+    from tune.export import model_card
+
+    sweep_doc = json.loads((run_dir / "sweep.json").read_text())
+    forced = model_card(SweepConfig.model_validate(config), {**sweep_doc, "baseline": {OBJECTIVE: 1.0}}, summary["best"],
+                        {"eval": {OBJECTIVE: score}}, read_trials(run_dir), summary)
+    assert "No trial beat the untuned base model on eval" in forced and "`--force`" in forced
     # An existing folder is never overwritten without --force.
     assert_user_error(run_stune("export", run_dir, "--out", out), "--out", "--force")
 
@@ -215,6 +225,7 @@ def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
     sweep_doc = json.loads((limited / "sweep.json").read_text())
     config = sweep_doc["config"]
     config["data"]["max_rows"] = 20
+    config["data"]["test"] = None
     (limited / "sweep.json").write_text(json.dumps({**sweep_doc, "config": config, "baseline": None}))
     out = tmp_path / "model"
     proc = run_stune("export", limited, "--out", out, "--force")
@@ -227,7 +238,10 @@ def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
     exported, base = score(str(out), 20), score(config["model"], 20)
     assert exported != pytest.approx(score(str(out), None), abs=1e-4)  # the rows make a difference
     assert f"eval spearman_cosine {exported:.4f}" in proc.stdout, proc.stdout
-    assert f"| eval (used for selection) | 20 | {base:.4f} |" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert f"| eval (used for selection) | 20 | {base:.4f} |" in card
+    # without a test split the card has no empty test row and says the eval score is the selection's own
+    assert "| test" not in card and "No held-out test split was given" in card, card
 
 
 def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):

@@ -178,6 +178,8 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
     test = scores.get("test", {}).get(OBJECTIVE)
     base_test = scores.get("base_test", {}).get(OBJECTIVE)
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))  # noqa: E731
+    setting = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731  (a learning rate of 6.8e-05 is not 0.0001)
+    below_base = best[OBJECTIVE] <= sweep["baseline"][OBJECTIVE]
     pairs = pairs or {}
 
     def interval(score: float | None, n: int | None) -> str:
@@ -206,6 +208,11 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
         "",
         f"The best of {len(trials)} trials of a Ray Tune + Optuna sweep over losses and hyperparameters, "
         f"selected by eval `{OBJECTIVE}` at any evaluation step (trial `{best['trial_id']}`, step {best['step']}).",
+        *(
+            ["", f"**No trial beat the untuned base model on eval** ({best[OBJECTIVE]:.4f} against "
+                 f"{sweep['baseline'][OBJECTIVE]:.4f}); this model was exported with `--force`."]
+            if below_base else []
+        ),
         "",
         "## Usage",
         "",
@@ -221,9 +228,17 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
         "|---|---|---|---|---|",
         f"| eval (used for selection) | {fmt(pairs.get('eval'))} | {fmt(sweep['baseline'][OBJECTIVE])} | {fmt(best[OBJECTIVE])}"
         f" | {interval(best[OBJECTIVE], pairs.get('eval'))} |",
-        f"| test (held out, scored at export) | {fmt(pairs.get('test'))} | {fmt(base_test)} | {fmt(test)}"
-        f" | {interval(test, pairs.get('test'))} |",
+        *(
+            [f"| test (held out, scored at export) | {fmt(pairs.get('test'))} | {fmt(base_test)} | {fmt(test)}"
+             f" | {interval(test, pairs.get('test'))} |"]
+            if test is not None else []
+        ),
         "",
+        *(
+            ["No held-out test split was given (`data.test`), so the only score is the eval score this model was "
+             "selected on, which flatters it.", ""]
+            if test is None else []
+        ),
         "The interval is how far a spearman correlation measured on that many pairs can be from the one on "
         "all such data (Fisher's z); an eval score with a wide interval can make the sweep pick a trial that "
         "only looks best on those pairs.",
@@ -231,9 +246,10 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
         "## Training",
         "",
         f"- Base model: {base}",
-        f"- Data: train `{config.data.train}`, eval `{config.data.eval}`, test `{config.data.test}`",
-        f"- Loss: `{loss}` " + (", ".join(f"{k}={fmt(v)}" for k, v in loss_params.items()) or "(no parameters)"),
-        "- Hyperparameters: " + ", ".join(f"{k}={fmt(v)}" for k, v in {**hyper, **fixed}.items()),
+        f"- Data: train `{config.data.train}`, eval `{config.data.eval}`"
+        + (f", test `{config.data.test}`" if config.data.test else ""),
+        f"- Loss: `{loss}` " + (", ".join(f"{k}={setting(v)}" for k, v in loss_params.items()) or "(no parameters)"),
+        "- Hyperparameters: " + ", ".join(f"{k}={setting(v)}" for k, v in {**hyper, **fixed}.items()),
         f"- Searcher: {config.searcher}, scheduler: {config.scheduler}, trials: {len(trials)}"
         + (f", wall time {summary['wall_seconds']:.0f} s" if summary.get("wall_seconds") else ""),
         "",
