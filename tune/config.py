@@ -94,12 +94,16 @@ class SearchConfig(BaseModel):
                 dims[key] = _as_dimension(key, value)
         return dims
 
-    def loss_dimensions(self, loss: str) -> dict[str, Dimension]:
-        """The loss's own tunable params: the registry's ranges, overridden by the config."""
+    def loss_dimensions(self, loss: str, given: dict[str, Any] | None = None) -> dict[str, Dimension]:
+        """The loss's own params: the registry's ranges, overridden by the config. A param the
+        registry does not search (memory or speed only) stays fixed at ``given`` (the config's
+        own loss params) or its default, unless ``search:`` gives it a range."""
         spec = get_loss(loss)
         dims: dict[str, Dimension] = {}
         for name, param in spec.params.items():
-            if isinstance(param, ChoiceParam):
+            if isinstance(param, IntParam) and not param.searched:
+                dims[name] = (given or {}).get(name, param.default)
+            elif isinstance(param, ChoiceParam):
                 dims[name] = list(param.choices)
             elif isinstance(param, IntParam):
                 dims[name] = Range(low=param.low, high=param.high, log=param.log)

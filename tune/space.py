@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainers.losses import IntParam, get_loss
 from tune.config import Range, SweepConfig
+
+WHOLE_TRAINING_KEYS = ("per_device_train_batch_size", "max_steps", "max_seq_length")
 
 
 class SearchSpace:
@@ -19,23 +22,26 @@ class SearchSpace:
 
     def __init__(self, config: SweepConfig):
         self.losses = config.losses()
-        self.loss_dims = {loss: config.search.loss_dimensions(loss) for loss in self.losses}
+        self.loss_dims = {
+            loss: config.search.loss_dimensions(loss, config.loss.params if loss == config.loss.name else None)
+            for loss in self.losses
+        }
         self.training_dims = config.search.training_dimensions()
 
     def __call__(self, trial) -> dict[str, Any]:
         fixed: dict[str, Any] = {}
         loss = trial.suggest_categorical("loss", self.losses) if len(self.losses) > 1 else self.losses[0]
         fixed.update({} if len(self.losses) > 1 else {"loss": loss})
+        loss_params = get_loss(loss).params
         for name, dim in self.loss_dims[loss].items():
-            self._suggest(trial, f"{loss}.{name}", dim, fixed)
+            self._suggest(trial, f"{loss}.{name}", dim, fixed, whole=isinstance(loss_params[name], IntParam))
         for name, dim in self.training_dims.items():
-            self._suggest(trial, name, dim, fixed)
+            self._suggest(trial, name, dim, fixed, whole=name in WHOLE_TRAINING_KEYS)
         return fixed
 
     @staticmethod
-    def _suggest(trial, name: str, dim, fixed: dict[str, Any]) -> None:
+    def _suggest(trial, name: str, dim, fixed: dict[str, Any], whole: bool) -> None:
         if isinstance(dim, Range):
-            whole = name in ("per_device_train_batch_size", "max_steps", "max_seq_length") or name.endswith("mini_batch_size")
             if whole:
                 trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
             else:

@@ -45,6 +45,9 @@ class IntParam:
     default: int
     log: bool = False
     doc: str = ""
+    #: False for a setting that changes memory or speed but not the model a trial trains: a sweep
+    #: keeps it at the config's value (or ``default``) unless ``search:`` gives it a range.
+    searched: bool = True
 
     def check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

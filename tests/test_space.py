@@ -1,0 +1,43 @@
+"""The search space a sweep's searcher samples: which parameters it varies and how."""
+
+import optuna
+
+from trainers.config import parse_config
+from tune.config import SweepConfig
+from tune.space import SearchSpace
+
+CACHED = "CachedMultipleNegativesRankingLoss"
+
+
+def sample(raw: dict, n: int = 8) -> list[tuple[dict, dict]]:
+    """(the params the searcher chose, the values fixed by the space) of n trials."""
+    space = SearchSpace(parse_config(SweepConfig, raw))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        fixed = space(trial)
+        study.tell(trial, 0.0)
+        out.append((trial.params, fixed))
+    return out
+
+
+def test_a_memory_only_setting_is_not_searched_by_default():
+    # mini_batch_size changes memory and speed, not the gradients: searching it would only add noise to TPE.
+    for params, fixed in sample({"search": {"losses": [CACHED]}}):
+        assert f"{CACHED}.mini_batch_size" not in params
+        assert fixed[f"{CACHED}.mini_batch_size"] == 32
+        assert 5 <= params[f"{CACHED}.scale"] <= 50
+
+
+def test_the_configs_own_memory_setting_is_kept():
+    raw = {"loss": {"name": CACHED, "mini_batch_size": 8}, "search": {"losses": [CACHED, "CoSENTLoss"]}}
+    cached = [fixed for params, fixed in sample(raw, 12) if params.get("loss") == CACHED]
+    assert cached and all(fixed[f"{CACHED}.mini_batch_size"] == 8 for fixed in cached)
+
+
+def test_search_can_still_vary_a_memory_setting_as_whole_numbers():
+    raw = {"search": {"losses": [CACHED], CACHED: {"mini_batch_size": {"low": 8, "high": 16}}}}
+    chosen = [params[f"{CACHED}.mini_batch_size"] for params, _ in sample(raw)]
+    assert all(isinstance(v, int) and 8 <= v <= 16 for v in chosen)
+    assert len(set(chosen)) > 1
