@@ -55,6 +55,12 @@ def test_terminal_table_shows_the_best_trial(report, swept):
     # one line per trial in a pipe, hyperparameters included (not wrapped to 80 columns)
     row = [line for line in proc.stdout.splitlines() if line.lstrip().startswith(best["trial_id"])]
     assert len(row) == 1 and f"{best[OBJECTIVE]:.4f}" in row[0] and "lr=" in row[0] and "batch=" in row[0], proc.stdout
+    # every loss cell is readable: its name, or a short form the line under the table spells out
+    for trial in read_trials(swept):
+        if trial.get(OBJECTIVE) in (None, ""):
+            continue
+        cell = next(line.split()[2] for line in proc.stdout.splitlines() if line.lstrip().startswith(trial["trial_id"]))
+        assert cell == trial["loss"].removesuffix("Loss") or f"{cell} = {trial['loss']}" in proc.stdout, (cell, proc.stdout)
 
 
 class _Refs(HTMLParser):

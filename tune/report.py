@@ -470,7 +470,7 @@ def table_rows(data: RunData, top: int = 10, *, compact: bool = False) -> tuple[
     hyperparameters in one column, to fit a terminal."""
     params = [p for p in data.params() if p != "loss"]
     header = ["trial", "status", "loss", OBJECTIVE, "best step", "steps"]
-    header = (["trial", "status", "loss", "spearman", "steps", "hyperparameters", "s"] if compact
+    header = (["trial", "status", "loss", "spearman", "steps", "hyperparameters", "seconds"] if compact
               else ["#", *header, *params, "seconds"])
     rows = []
     for rank, t in enumerate(data.scored()[:top], start=1):
@@ -533,6 +533,9 @@ def print_table(data: RunData, top: int = 10, console=None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    shortened = sorted({t["loss"] for t in data.scored()[:top] if short_loss(t["loss"]) != t["loss"].removesuffix("Loss")})
+    if shortened:
+        console.print("  " + ", ".join(f"{short_loss(name)} = {name}" for name in shortened), highlight=False)
 
 
 # -- HTML
