@@ -152,6 +152,14 @@ def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
     forced = model_card(SweepConfig.model_validate(config), {**sweep_doc, "baseline": {OBJECTIVE: 1.0}}, summary["best"],
                         {"eval": {OBJECTIVE: score}}, read_trials(run_dir), summary)
     assert "No trial beat the untuned base model on eval" in forced and "`--force`" in forced
+    # the data line: the user's own files by path; stune's embedded set by name, with the attribution
+    # its CC BY 4.0 licence asks of whoever shares a model trained on it, and no path of this machine
+    assert config["data"]["train"] in card and "CC BY" not in card
+    embedded_config = SweepConfig.model_validate({**config, "data": {}})
+    embedded = model_card(embedded_config, sweep_doc, summary["best"], {"eval": {OBJECTIVE: score}}, read_trials(run_dir), summary)
+    data_line = next(line for line in embedded.splitlines() if line.startswith("- Data:"))
+    assert "O*NET" in data_line and "ESCO" in data_line and "CC BY 4.0" in data_line, data_line
+    assert "`train.csv`" in data_line and embedded_config.data.train not in embedded, data_line
     # An existing folder is never overwritten without --force.
     assert_user_error(run_stune("export", run_dir, "--out", out), "--out", "--force")
 

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainers.config import DEFAULT_DATA_DIR
 from trainers.errors import StuneError
 from tune.config import SweepConfig
 from tune.recorder import BEST_JSON
@@ -164,6 +165,23 @@ def card_plots(uri: str, model_dir: Path) -> list[tuple[str, str]]:
     return plots
 
 
+def data_line(config: SweepConfig) -> str:
+    """The card's data line: the files, or for stune's embedded set its name and licence (the card
+    travels with the model; a path on the machine that exported it says nothing to its readers)."""
+    splits = {"train": config.data.train, "eval": config.data.eval, "test": config.data.test}
+    files = ", ".join(f"{split} `{path}`" for split, path in splits.items() if path)
+    embedded = all(Path(p).resolve().parent == DEFAULT_DATA_DIR.resolve() for p in splits.values() if p)
+    if not embedded:
+        return f"- Data: {files}"
+    names = ", ".join(f"{split} `{Path(path).name}`" for split, path in splits.items() if path)
+    return (f"- Data: stune's embedded graded job-title / job-description pairs ({names}), derived from the "
+            "O*NET 29.2 Database by the U.S. Department of Labor, Employment and Training Administration "
+            "(USDOL/ETA) and from ESCO, © European Union, both under "
+            "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/). O*NET® is a trademark of USDOL/ETA; "
+            "neither USDOL/ETA nor the European Commission has approved or endorsed these modifications "
+            "(details: stune's `trainers/default_data/README.md`).")
+
+
 def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trials: list[dict], summary: dict,
                plots: list[tuple[str, str]] = (), pairs: dict[str, int | None] | None = None) -> str:
     from trainers.evaluation import spearman_interval
@@ -246,8 +264,7 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
         "## Training",
         "",
         f"- Base model: {base}",
-        f"- Data: train `{config.data.train}`, eval `{config.data.eval}`"
-        + (f", test `{config.data.test}`" if config.data.test else ""),
+        data_line(config),
         f"- Loss: `{loss}` " + (", ".join(f"{k}={setting(v)}" for k, v in loss_params.items()) or "(no parameters)"),
         "- Hyperparameters: " + ", ".join(f"{k}={setting(v)}" for k, v in {**hyper, **fixed}.items()),
         f"- Searcher: {config.searcher}, scheduler: {config.scheduler}, trials: {len(trials)}"
