@@ -1,6 +1,7 @@
 """``stune train``: one fine-tune from a YAML config, and every bad input refused cleanly."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -37,6 +38,20 @@ def test_train_writes_a_loadable_model_and_metrics(tiny_model, scored_data, tmp_
     # Never overwritten without --force.
     again = run_stune("train", cfg, "--out", out)
     assert_user_error(again, "--out", "--force")
+
+
+def test_model_data_and_seed_flags_override_the_config(tiny_model, scored_data, tmp_path):
+    # the config names neither model nor data: without the flags this would train the bundled MiniLM
+    cfg = write_config(tmp_path / "c.yaml", max_steps=4, eval_steps=2, per_device_train_batch_size=8, seed=1)
+    folder = Path(scored_data["train"]).parent
+    proc = run_stune("train", cfg, "--model", tiny_model, "--data", folder, "--seed", "7", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["model"] == str(tiny_model)
+    assert {split: metrics["config"]["data"][split] for split in ("train", "eval", "test")} == scored_data
+    assert metrics["config"]["seed"] == 7
+    assert SentenceTransformer(str(tmp_path / "out" / "model")).encode(["nurse"]).shape == (1, 32)
+    assert_user_error(run_stune("train", cfg, "--data", tmp_path / "nowhere"), "--data")
 
 
 def test_triplet_data_reports_triplet_accuracy(tiny_model, tmp_path):
@@ -155,6 +170,9 @@ def test_help_shows_every_option_as_written():
     # each value is named as the README names it, not by its Python type
     for option in ("--out RUN_DIR", "--trials N", "--time-budget DURATION", "--storage URI", "--data DIR"):
         assert option in sweep_help, sweep_help
+    train_help = run_stune("train", "--help", env={"COLUMNS": "200"}).stdout
+    for option in ("--data DIR", "--model PATH", "--seed SEED", "--out DIR"):
+        assert option in train_help, train_help
     assert "--resume  " in sweep_help or "--resume\n" in sweep_help
 
 

@@ -172,7 +172,19 @@ def parse_config(model: type[BaseModel], raw: dict[str, Any], source: str = "con
         raise ConfigError(format_validation_error(exc, model, source)) from None
 
 
+def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The config file's keys with the command line's on top: ``train``/``eval``/``test`` go under
+    ``data:``, a None (flag not given) changes nothing."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in ("train", "eval", "test"):
+            raw.setdefault("data", {})[key] = value
+        else:
+            raw[key] = value
+    return raw
+
+
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    raw = read_yaml(path)
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw = with_overrides(read_yaml(path), overrides)
     return parse_config(TrainConfig, raw, str(path) if path else "config")

@@ -73,9 +73,16 @@ class _UserErrors:
         return False
 
 
+DATA_HELP = "Folder holding train.*, eval.* and optionally test.* files."
+MODEL_HELP = "Local SentenceTransformer folder (default: bundled MiniLM)."
+
+
 @app.command()
 def train(
     config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help="YAML config; omitted: bundled MiniLM on the embedded HR data."),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help=DATA_HELP),
+    model: Optional[str] = typer.Option(None, "--model", metavar="PATH", help=MODEL_HELP),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="SEED", help="Random seed of the run: data order, dropout [42]."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Output folder (model/, metrics.json, train.log)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -90,7 +97,8 @@ def train(
         from trainers.model import resolve_model_path
 
         # No config: the demo run on the embedded data, sized for a few minutes on 2 CPU cores.
-        cfg = load_train_config(config, **({} if config else {"max_steps": DEFAULT_TRAIN_STEPS, "eval_steps": DEFAULT_TRAIN_STEPS // 2}))
+        demo = {} if config else {"max_steps": DEFAULT_TRAIN_STEPS, "eval_steps": DEFAULT_TRAIN_STEPS // 2}
+        cfg = load_train_config(config, **demo, model=model, seed=seed, **(_data_folder(data) if data else {}))
         out = out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         if out.exists() and any(out.iterdir()) and not force:
             raise ConfigError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
@@ -127,8 +135,8 @@ def _print_train_result(result, out: Path) -> None:
 @app.command()
 def sweep(
     config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help="YAML config (a train config plus search:, trials:, ...)."),
-    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help="Folder holding train.*, eval.* and optionally test.* files."),
-    model: Optional[str] = typer.Option(None, "--model", metavar="PATH", help="Local SentenceTransformer folder (default: bundled MiniLM)."),
+    data: Optional[Path] = typer.Option(None, "--data", metavar="DIR", help=DATA_HELP),
+    model: Optional[str] = typer.Option(None, "--model", metavar="PATH", help=MODEL_HELP),
     trials: Optional[int] = typer.Option(None, "--trials", metavar="N", min=1, help="Number of trials."),
     out: Optional[str] = typer.Option(None, "--out", metavar="RUN_DIR", help="Run directory (default runs/sweep-<time>)."),
     address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="Ray cluster: auto or HOST:PORT (default: local, loopback only)."),

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.config import TrainConfig, parse_config, read_yaml
+from trainers.config import TrainConfig, parse_config, read_yaml, with_overrides
 from trainers.errors import ConfigError
 from trainers.losses import LOSSES, ChoiceParam, FloatParam, IntParam, get_loss
 
@@ -250,14 +250,7 @@ def parse_duration(text: str) -> float:
 
 
 def load_sweep_config(path: str | None = None, **overrides: Any) -> SweepConfig:
-    raw = read_yaml(path)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in ("train", "eval", "test"):
-            raw.setdefault("data", {})[key] = value
-        else:
-            raw[key] = value
+    raw = with_overrides(read_yaml(path), overrides)
     return parse_config(SweepConfig, raw, str(path) if path else "config")
 
 
