@@ -293,6 +293,29 @@ def test_bad_sweep_config_is_refused_before_ray_starts(change, fragments, tiny_m
     assert not (tmp_path / "run").exists()
 
 
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp_path):
+    raw = {**sweep_config(tiny_model, scored_data), "time_budget": "5m"}
+    raw["search"]["losses"] = [*raw["search"]["losses"], "CachedMultipleNegativesRankingLoss"]
+    cfg = write(tmp_path / "c.yaml", raw)
+    proc = run_stune("sweep", cfg, "--dry-run", "--trials", "7", "--out", tmp_path / "run", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
+    plan = proc.stdout
+    assert "trials:    7, 2 at a time" in plan and "time budget 5m" in plan and "12 steps" in plan, plan
+    assert f"eval {scored_data['eval']} (40 pairs)" in plan, plan
+    assert "learning_rate: 0.0001 .. 0.01 (log)" in plan and "per_device_train_batch_size: one of 8, 16" in plan, plan
+    assert "TripletLoss.margin: 0.05 .. 5 (log)" in plan and "CoSENTLoss" not in plan, plan  # only the searched losses
+    assert "CachedMultipleNegativesRankingLoss.mini_batch_size: 32 (fixed)" in plan, plan
+    assert "first trial: the config's own recipe: loss=CosineSimilarityLoss" in plan, plan
+    # what would stop the real sweep stops the plan: a run dir in the way, a model that is not there
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("mine")
+    assert_user_error(run_stune("sweep", cfg, "--dry-run", "--out", tmp_path / "run"), "--out", "--force")
+    assert "exists: --force empties it" in run_stune("sweep", cfg, "--dry-run", "--out", tmp_path / "run", "--force").stdout
+    assert (tmp_path / "run" / "mine.txt").read_text() == "mine"
+    assert_user_error(run_stune("sweep", cfg, "--dry-run", "--model", tmp_path / "nope"), "model", "not a local folder")
+
+
 def test_resume_and_export_need_a_real_sweep(tiny_model, scored_data, tmp_path):
     (tmp_path / "notasweep").mkdir()
     (tmp_path / "notasweep" / "file.txt").write_text("mine")

@@ -152,6 +152,9 @@ def sweep(
         None, "--mlflow", metavar="URI", help="MLflow tracking URI: log each trial's params and metrics there (needs stune[mlflow])."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Ray's own progress tables and logs instead of stune's progress view."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Check the config, data and model, print the plan (trials, resources, search space) and exit: nothing run or written."
+    ),
 ) -> None:
     """Search losses and hyperparameters with Ray Tune + Optuna; keep the best checkpoint."""
     _setup_logging(verbose)
@@ -173,6 +176,19 @@ def sweep(
         from tune.sweep import default_run_dir, run_sweep
 
         out = out or default_run_dir()
+        if dry_run:
+            from trainers.data import load_splits
+            from trainers.model import resolve_model_path
+            from tune.plan import plan_lines
+            from tune.sweep import check_run_dir
+
+            if resume:
+                raise ConfigError("--dry-run plans a new sweep; a --resume goes on as the sweep in --out was started")
+            run_dir = check_run_dir(out, storage=storage, resume=False, force=force)
+            where = run_dir.uri + (" (exists: --force empties it when the sweep starts)" if not run_dir.is_empty() else "")
+            lines = plan_lines(cfg, load_splits(cfg), str(resolve_model_path(cfg.model)), out=where)
+            typer.echo("\n".join(lines))
+            return
         try:
             from tune.progress import progress_for
 

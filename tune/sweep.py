@@ -41,8 +41,9 @@ class SweepError(StuneError):
     pass
 
 
-def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -> RunDir:
-    """Where the sweep lives; refuses to clobber a run or to resume something that is not one."""
+def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -> RunDir:
+    """Where the sweep would live; refuses to clobber a run or to resume something that is not
+    one. Changes nothing."""
     if storage:
         from cluster.storage import join, resolve_storage
 
@@ -51,9 +52,15 @@ def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool)
     if resume:
         if not run_dir.has_sweep():
             raise SweepError(f"--resume: {out} holds no stune sweep; pass the RUN_DIR of an earlier 'stune sweep'")
-    elif not run_dir.is_empty():
-        if not force:
-            raise SweepError(f"--out {out} already exists; use --resume to continue it, or --force to start over there")
+    elif not force and not run_dir.is_empty():
+        raise SweepError(f"--out {out} already exists; use --resume to continue it, or --force to start over there")
+    return run_dir
+
+
+def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -> RunDir:
+    """``check_run_dir``, then empties the run dir when ``force`` starts over there."""
+    run_dir = check_run_dir(out, storage=storage, resume=resume, force=force)
+    if force and not resume and not run_dir.is_empty():
         run_dir.fs.delete_dir_contents(run_dir.path)
     return run_dir
 
