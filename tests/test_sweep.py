@@ -164,6 +164,35 @@ def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
     assert_user_error(run_stune("export", run_dir, "--out", out), "--out", "--force")
 
 
+def test_exported_recipe_trains_the_winner_again(finished_sweep, tmp_path):
+    """The export's stune_train.yaml is the winning trial as a `stune train` config: run from
+    another folder, it reaches the winner's eval score at the winner's step."""
+    run_dir, summary, _ = finished_sweep
+    best = summary["best"]
+    out = tmp_path / "model"
+    assert run_stune("export", run_dir, "--out", out, "--force").returncode == 0
+    recipe = yaml.safe_load((out / "stune_train.yaml").read_text())
+    assert recipe["loss"]["name"] == best["config"]["loss"]
+    assert recipe["learning_rate"] == best["config"]["learning_rate"]
+    assert recipe["eval_steps"] == 4 and recipe["max_steps"] == 12  # the trial's 3 evaluations of 12 steps
+    assert Path(recipe["model"]).is_absolute() and Path(recipe["data"]["train"]).is_absolute()
+    assert "stune train stune_train.yaml" in (out / "README.md").read_text()
+    proc = run_stune("train", out / "stune_train.yaml", "--out", tmp_path / "again", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((tmp_path / "again" / "metrics.json").read_text())["history"]
+    at_best_step = next(h["metrics"] for h in history if h["step"] == best["step"])
+    assert at_best_step[OBJECTIVE] == pytest.approx(best[OBJECTIVE], abs=2e-3)
+    # a model given to the sweep as a relative path is written out absolute: the recipe lives elsewhere
+    from tune.export import winner_recipe
+
+    config = json.loads((run_dir / "sweep.json").read_text())["config"]
+    model = Path(config["model"])
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(model.parent)
+        relative = SweepConfig.model_validate({**config, "model": model.name})
+        assert winner_recipe(relative, best, read_trials(run_dir))["model"] == str(model.resolve())
+
+
 def test_a_resumed_sweep_rebuilds_ashas_rungs_from_the_trials_before_it(finished_sweep):
     """Ray restores ASHA with empty rungs; stune replays what the run dir's trials reported, so after
     a --resume a trial that every earlier trial outscored at the first rung is stopped there."""

@@ -3,6 +3,8 @@ model card. The held-out test split is scored here, never during selection."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -75,6 +77,7 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
         summary = run_dir.read_json(SUMMARY) if run_dir.exists(SUMMARY) else {}
         plots = card_plots(uri, model_dir)
         (model_dir / "README.md").write_text(model_card(config, sweep, best, scores, trials, summary, plots=plots, pairs=pairs))
+        (model_dir / RECIPE).write_text(recipe_yaml(winner_recipe(config, best, trials), uri, best))
         _swap_into_place(model_dir, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -163,6 +166,46 @@ def card_plots(uri: str, model_dir: Path) -> list[tuple[str, str]]:
             (folder / f"{name}.png").write_bytes(pngs[name])
             plots.append((PLOTS[name], f"{CARD_PLOTS_DIR}/{name}.png"))
     return plots
+
+
+RECIPE = "stune_train.yaml"
+
+
+def winner_recipe(config: SweepConfig, best: dict, trials: list[dict]) -> dict[str, Any]:
+    """A ``stune train`` config that trains the winning trial again: the sweep's own settings with
+    the trial's loss and hyperparameters, and the evaluation cadence the trial had (the trainer
+    keeps the checkpoint with the best eval score, as the sweep did)."""
+    from trainers.config import TrainConfig
+    from trainers.losses import get_loss
+    from trainers.model import resolve_model_path
+
+    chosen = best["config"]
+    spec = get_loss(chosen["loss"])
+    recipe = {k: v for k, v in config.model_dump(mode="json").items() if k in TrainConfig.model_fields}
+    recipe.pop("checkpoint_optimizer_state", None)  # a sweep trial's crash-resume setting
+    recipe["loss"] = {"name": chosen["loss"], **{k: v for k, v in chosen.items() if k in spec.params}}
+    recipe.update({k: v for k, v in chosen.items() if k in TrainConfig.model_fields and k != "loss"})
+    if not recipe.get("eval_steps"):
+        row = next((t for t in trials if t.get("trial_id") == best.get("trial_id")), {})
+        total = row.get("total_steps") or recipe.get("max_steps")
+        if total:
+            recipe["eval_steps"] = max(1, math.ceil(int(float(total)) / config.evaluations_per_trial))
+    if recipe.get("model"):  # a path as typed for the sweep, relative to where it ran: made absolute where it exists
+        with contextlib.suppress(StuneError):
+            recipe["model"] = str(Path(resolve_model_path(recipe["model"])).resolve())
+    # Settings left at stune train's defaults are left out; the trial's own choices always show.
+    shown = TrainConfig.model_validate(recipe).model_dump(mode="json", exclude_defaults=True)
+    always = ["loss", "learning_rate", "per_device_train_batch_size", "warmup_ratio", "seed"]
+    return {**shown, **{k: recipe[k] for k in always if k in recipe}, "loss": recipe["loss"]}
+
+
+def recipe_yaml(recipe: dict[str, Any], run: str, best: dict) -> str:
+    import yaml
+
+    head = (f"# Trains the winner of the stune sweep {run} again (trial {best.get('trial_id')}, best at step "
+            f"{best.get('step')}): stune train {RECIPE} --out DIR\n"
+            "# The same loss, hyperparameters, data, seed and steps; raise max_steps or point data: at more data to scale it up.\n")
+    return head + yaml.safe_dump(recipe, sort_keys=False)
 
 
 def data_line(config: SweepConfig) -> str:
@@ -269,6 +312,8 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
         "- Hyperparameters: " + ", ".join(f"{k}={setting(v)}" for k, v in {**hyper, **fixed}.items()),
         f"- Searcher: {config.searcher}, scheduler: {config.scheduler}, trials: {len(trials)}"
         + (f", wall time {summary['wall_seconds']:.0f} s" if summary.get("wall_seconds") else ""),
+        f"- To train it again (same loss, hyperparameters, data, seed and steps): `stune train {RECIPE} --out DIR` "
+        f"with the `{RECIPE}` in this folder",
         "",
         "## Top trials",
         "",
