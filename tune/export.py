@@ -205,6 +205,10 @@ def recipe_yaml(recipe: dict[str, Any], run: str, best: dict) -> str:
     head = (f"# Trains the winner of the stune sweep {run} again (trial {best.get('trial_id')}, best at step "
             f"{best.get('step')}): stune train {RECIPE} --out DIR\n"
             "# The same loss, hyperparameters, data, seed and steps; raise max_steps or point data: at more data to scale it up.\n")
+    defaults = [what for key, what in (("model", "stune's bundled all-MiniLM-L6-v2"), ("data", "stune's embedded data set"))
+                if key not in recipe]
+    if defaults:
+        head += f"# No {' and no '.join(k for k in ('model', 'data') if k not in recipe)}: {' and '.join(defaults)}, as in the sweep.\n"
     return head + yaml.safe_dump(recipe, sort_keys=False)
 
 
