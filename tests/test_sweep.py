@@ -322,6 +322,20 @@ def test_bad_sweep_config_is_refused_before_ray_starts(change, fragments, tiny_m
     assert not (tmp_path / "run").exists()
 
 
+def test_python_api_sweeps_and_exports(tiny_model, scored_data, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from tune import export, sweep
+
+    summary = sweep(sweep_config(tiny_model, scored_data, trials=2, max_steps=4), out=str(tmp_path / "run"))
+    assert summary == json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["counts"]["completed"] + summary["counts"]["stopped_early"] == 2
+    result = export(str(tmp_path / "run"), str(tmp_path / "model"), force=True)
+    assert result["scores"]["eval"][OBJECTIVE] == pytest.approx(summary["best"][OBJECTIVE], abs=1e-4)
+    assert SentenceTransformer(str(tmp_path / "model")).encode(["nurse"]).shape == (1, 32)
+    assert (tmp_path / "model" / "stune_train.yaml").exists()
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp_path):
     raw = {**sweep_config(tiny_model, scored_data), "time_budget": "5m"}
     raw["search"]["losses"] = [*raw["search"]["losses"], "CachedMultipleNegativesRankingLoss"]
