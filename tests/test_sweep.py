@@ -170,7 +170,8 @@ def test_exported_recipe_trains_the_winner_again(finished_sweep, tmp_path):
     run_dir, summary, _ = finished_sweep
     best = summary["best"]
     out = tmp_path / "model"
-    assert run_stune("export", run_dir, "--out", out, "--force").returncode == 0
+    proc = run_stune("export", run_dir, "--out", out, "--force")
+    assert proc.returncode == 0 and f"stune train {out / 'stune_train.yaml'} --out DIR" in proc.stdout, proc.stdout
     recipe = yaml.safe_load((out / "stune_train.yaml").read_text())
     assert recipe["loss"]["name"] == best["config"]["loss"]
     assert recipe["learning_rate"] == best["config"]["learning_rate"]

@@ -274,6 +274,7 @@ def export(
     if result.get("mlflow_run_id"):
         line += f"; logged to MLflow run {result['mlflow_run_id']}"
     typer.echo(line)
+    typer.echo(f"to train the winner again or scale it up: stune train {Path(out) / 'stune_train.yaml'} --out DIR")
 
 
 @app.command()
