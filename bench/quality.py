@@ -108,7 +108,7 @@ def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_
     from trainers.evaluation import OBJECTIVE
     from trainers.train import fine_tune
     from tune.config import load_sweep_config
-    from tune.sweep import run_sweep
+    from tune.engine import run_sweep
 
     name = seed_file.stem
     work.mkdir(parents=True, exist_ok=True)

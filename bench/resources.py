@@ -3,7 +3,7 @@
     python bench/resources.py            # published figures: 30-trial default sweep, bundled MiniLM
     python bench/resources.py --quick    # smoke run: tiny model, 3 trials
 
-The sweep runs in this process (``tune.sweep.run_sweep``, stune's defaults: TPE + ASHA, every
+The sweep runs in this process (``tune.engine.run_sweep``, stune's defaults: TPE + ASHA, every
 loss, 2 concurrent trials); a sampler thread reads, every 0.25 s,
 - the resident memory (RSS, and USS: memory no other process shares) of every process under this
   one; trial workers are Ray's actor processes that ran ``run_trial`` (title ``ray::ImplicitFunc``);
@@ -144,7 +144,7 @@ def main() -> None:
 
     from trainers.config import parse_config
     from tune.config import SweepConfig
-    from tune.sweep import run_sweep
+    from tune.engine import run_sweep
 
     raw = {"data": data, "trials": trials, "max_steps": steps, "evaluations_per_trial": evals}
     if model:

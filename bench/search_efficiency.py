@@ -71,7 +71,7 @@ class BudgetTracker:
 def run_one(name: str, seed: int, *, base: dict, budget: int, trials: int, work) -> dict:
     from trainers.config import parse_config
     from tune.config import SweepConfig
-    from tune.sweep import run_sweep
+    from tune.engine import run_sweep
 
     searcher, scheduler = STRATEGIES[name]
     asha = scheduler == "asha"

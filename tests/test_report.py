@@ -155,7 +155,7 @@ def test_warm_start_seeds_the_new_searcher_with_the_old_trials(swept, tiny_model
     from tune.rundir import RunDir
     from tune.space import SearchSpace
     from tune.study import warm_start_trials
-    from tune.sweep import _searcher
+    from tune.engine import _searcher
 
     old = optuna.load_study(study_name=swept.name, storage=f"sqlite:///{swept / 'study.db'}")
     old_trials = sorted((t.value, sorted(t.params.items())) for t in old.trials)
@@ -170,7 +170,7 @@ def test_warm_start_seeds_the_new_searcher_with_the_old_trials(swept, tiny_model
 
     # End to end (in-process: no second interpreter start-up): a new 1-trial, 2-step sweep
     # started from the old one; its study.db holds both.
-    from tune.sweep import run_sweep
+    from tune.engine import run_sweep
 
     run = tmp_path / "warm"
     run_sweep(parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=1, max_steps=2)), str(run), warm_start_from=str(swept))
@@ -184,7 +184,7 @@ def test_warm_start_seeds_the_new_searcher_with_the_old_trials(swept, tiny_model
 
 
 def test_export_card_embeds_the_key_plots_and_top_trials(swept, tmp_path):
-    from tune.export import export_best
+    from tune.exporter import export_best
     from tune.report import KEY_PLOTS, PLOTS
 
     out = tmp_path / "model"

@@ -41,3 +41,34 @@ def test_search_can_still_vary_a_memory_setting_as_whole_numbers():
     chosen = [params[f"{CACHED}.mini_batch_size"] for params, _ in sample(raw)]
     assert all(isinstance(v, int) and 8 <= v <= 16 for v in chosen)
     assert len(set(chosen)) > 1
+
+
+def test_the_default_space_is_widened_to_hold_the_configs_own_recipe():
+    from tune.space import recipe_point
+
+    raw = {"loss": {"name": "TripletLoss", "margin": 8.0}, "per_device_train_batch_size": 64, "learning_rate": 1e-3,
+           "search": {"losses": ["TripletLoss", "CoSENTLoss"]}}
+    config = parse_config(SweepConfig, raw)
+    space = SearchSpace(config)
+    assert space.training_dims["per_device_train_batch_size"] == [16, 32, 64]
+    assert space.training_dims["learning_rate"].high == 1e-3 and space.training_dims["learning_rate"].log
+    assert space.loss_dims["TripletLoss"]["margin"].high == 8.0
+    assert len(space.widened) == 3
+    # the sweep's first trial is the recipe as written, not the part of it the default space held
+    assert recipe_point(config, space) == {"loss": "TripletLoss", "TripletLoss.margin": 8.0,
+                                           "learning_rate": 1e-3, "per_device_train_batch_size": 64, "warmup_ratio": 0.1}
+    assert 64 in {params.get("per_device_train_batch_size") for params, _ in sample(raw, 12)}
+
+
+def test_what_search_sets_is_kept_as_written():
+    from tune.space import recipe_point
+
+    raw = {"loss": {"name": "TripletLoss", "margin": 8.0}, "per_device_train_batch_size": 64,
+           "search": {"losses": ["TripletLoss"], "per_device_train_batch_size": [16, 32], "TripletLoss": {"margin": {"low": 0.1, "high": 1.0}}}}
+    config = parse_config(SweepConfig, raw)
+    space = SearchSpace(config)
+    assert space.training_dims["per_device_train_batch_size"] == [16, 32]
+    assert space.loss_dims["TripletLoss"]["margin"].high == 1.0
+    assert space.widened == []
+    point = recipe_point(config, space)
+    assert "per_device_train_batch_size" not in point and "TripletLoss.margin" not in point

@@ -31,7 +31,7 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def finished_sweep(tiny_model, scored_data, tmp_path_factory):
-    from tune.sweep import run_sweep
+    from tune.engine import run_sweep
 
     run_dir = tmp_path_factory.mktemp("sweeps") / "run"
     # random: proposals that do not depend on which trial finished first (TPE + constant liar does)
@@ -146,7 +146,7 @@ def test_export_matches_summary_and_writes_a_card(finished_sweep, tmp_path):
     assert f"learning_rate={summary['best']['config']['learning_rate']:.4g}" in card, card
     # a model exported with --force although the base model scored higher says so
     assert ("No trial beat the untuned base model" in card) == (not summary["beats_baseline"]), card
-    from tune.export import model_card
+    from tune.exporter import model_card
 
     sweep_doc = json.loads((run_dir / "sweep.json").read_text())
     forced = model_card(SweepConfig.model_validate(config), {**sweep_doc, "baseline": {OBJECTIVE: 1.0}}, summary["best"],
@@ -184,7 +184,7 @@ def test_exported_recipe_trains_the_winner_again(finished_sweep, tmp_path):
     at_best_step = next(h["metrics"] for h in history if h["step"] == best["step"])
     assert at_best_step[OBJECTIVE] == pytest.approx(best[OBJECTIVE], abs=2e-3)
     # a model given to the sweep as a relative path is written out absolute: the recipe lives elsewhere
-    from tune.export import winner_recipe
+    from tune.exporter import winner_recipe
 
     config = json.loads((run_dir / "sweep.json").read_text())["config"]
     model = Path(config["model"])
@@ -202,7 +202,7 @@ def test_a_resumed_sweep_rebuilds_ashas_rungs_from_the_trials_before_it(finished
     from ray.tune.schedulers import TrialScheduler
 
     from tune.rundir import RunDir
-    from tune.sweep import _scheduler, replay_asha_history
+    from tune.engine import _scheduler, replay_asha_history
     from tune.trainable import BEST_OBJECTIVE
 
     run_dir, _, _ = finished_sweep
@@ -283,7 +283,7 @@ def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
 
 
 def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
-    from tune.sweep import run_sweep
+    from tune.engine import run_sweep
 
     recipe = {"loss": {"name": "TripletLoss", "margin": 0.4}, "learning_rate": 1e-3, "per_device_train_batch_size": 16}
     firsts = []
@@ -326,6 +326,8 @@ def test_bad_sweep_config_is_refused_before_ray_starts(change, fragments, tiny_m
 def test_python_api_sweeps_and_exports(tiny_model, scored_data, tmp_path):
     from sentence_transformers import SentenceTransformer
 
+    import tune.engine  # noqa: F401  (what the CLI and other code import first must not shadow the API)
+    import tune.exporter  # noqa: F401
     from tune import export, sweep
 
     summary = sweep(sweep_config(tiny_model, scored_data, trials=2, max_steps=4), out=str(tmp_path / "run"))
@@ -377,7 +379,7 @@ def test_resume_and_export_need_a_real_sweep(tiny_model, scored_data, tmp_path):
 def test_time_budget_ends_the_sweep_and_names_the_trials_it_cut(tiny_model, scored_data, tmp_path):
     """The no-config sweep relies on --time-budget: trials running when it ends are recorded as
     stopped by it (not left 'running'), their checkpoints are cleaned up, and nothing new starts."""
-    from tune.sweep import run_sweep
+    from tune.engine import run_sweep
 
     # The budget counts from Ray's start and a trial is only cut once its actor has imported torch:
     # ~12 s here alone, ~24 s beside two busy processes (and never, before workers stopped being
@@ -423,7 +425,7 @@ def test_a_model_that_cannot_load_stops_the_sweep_and_leaves_nothing(tiny_model,
 
 def test_the_background_baseline_scores_the_model_once_started(tiny_model, scored_data):
     from trainers.data import load_splits
-    from tune.sweep import BackgroundBaseline
+    from tune.engine import BackgroundBaseline
 
     config = SweepConfig.model_validate(sweep_config(tiny_model, scored_data))
     baseline = BackgroundBaseline(config, load_splits(config, with_test=False))
@@ -445,7 +447,7 @@ def test_a_baseline_abandoned_by_a_stopped_sweep_is_neither_published_nor_logged
     from concurrent.futures import CancelledError
 
     from trainers.data import load_splits
-    from tune.sweep import BackgroundBaseline
+    from tune.engine import BackgroundBaseline
 
     model = tiny_model if loads else _broken_copy(tiny_model, tmp_path / "broken")
     config = SweepConfig.model_validate(sweep_config(model, scored_data))

@@ -173,14 +173,14 @@ def sweep(
             except ValueError as exc:
                 raise ConfigError(f"--time-budget: {exc}") from None
         cfg = load_sweep_config(config, model=model, trials=trials, seed=seed, time_budget=time_budget, **splits)
-        from tune.sweep import default_run_dir, run_sweep
+        from tune.engine import default_run_dir, run_sweep
 
         out = out or default_run_dir()
         if dry_run:
             from trainers.data import load_splits
             from trainers.model import resolve_model_path
             from tune.plan import plan_lines
-            from tune.sweep import check_run_dir
+            from tune.engine import check_run_dir
 
             if resume:
                 raise ConfigError("--dry-run plans a new sweep; a --resume goes on as the sweep in --out was started")
@@ -264,7 +264,7 @@ def export(
     """Export the sweep's best checkpoint as a SentenceTransformer folder with a model card."""
     _setup_logging(verbose)
     with _UserErrors():
-        from tune.export import export_best
+        from tune.exporter import export_best
 
         result = export_best(run_dir, out, force=force, mlflow=mlflow)
     scores = result["scores"]

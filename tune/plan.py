@@ -55,6 +55,8 @@ def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> lis
         for i, raw in enumerate(config.initial_points):
             point = initial_point_params(raw, config.loss.name)
             lines.append(f"  initial point {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
+    for change in space.widened:
+        lines.append(f"  widened to hold the config's own value: {change}")
     lines.append("  search space:")
     lines.append(f"    loss: {describe_dimension(space.losses)}")
     for loss in space.losses:

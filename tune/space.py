@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainers.losses import IntParam, get_loss
-from tune.config import Range, SweepConfig
+from tune.config import TRAINING_DIMENSIONS, Range, SweepConfig
 
 WHOLE_TRAINING_KEYS = ("per_device_train_batch_size", "max_steps", "max_seq_length")
 
@@ -22,11 +22,36 @@ class SearchSpace:
 
     def __init__(self, config: SweepConfig):
         self.losses = config.losses()
-        self.loss_dims = {
-            loss: config.search.loss_dimensions(loss, config.loss.params if loss == config.loss.name else None)
-            for loss in self.losses
-        }
-        self.training_dims = config.search.training_dimensions()
+        self.widened: list[str] = []  # "name: old -> new" for each default widened to hold the recipe
+        searched = config.search.model_extra or {}
+        self.loss_dims = {}
+        for loss in self.losses:
+            own = config.loss.params if loss == config.loss.name else {}
+            dims = config.search.loss_dimensions(loss, own)
+            self.loss_dims[loss] = self._holding(dims, own, set(searched.get(loss) or {}), prefix=f"{loss}.")
+        given = {name: getattr(config, name) for name in TRAINING_DIMENSIONS if name in config.model_fields_set}
+        self.training_dims = self._holding(config.search.training_dimensions(), given, set(searched))
+
+    def _holding(self, dims: dict[str, Any], given: dict[str, Any], searched: set[str], prefix: str = "") -> dict[str, Any]:
+        """The default ranges and choices, widened to hold the config's own values: its recipe is
+        the sweep's first trial, and a batch size of 64 outside the default [16, 32] would
+        otherwise be silently left out. What ``search:`` sets is kept as written."""
+        out = dict(dims)
+        for name, dim in dims.items():
+            value = given.get(name)
+            if name in searched or value is None or isinstance(value, bool):
+                continue
+            if isinstance(dim, Range) and isinstance(value, (int, float)) and not dim.low <= value <= dim.high:
+                if dim.log and value <= 0:
+                    continue
+                out[name] = Range(low=min(dim.low, value), high=max(dim.high, value), log=dim.log)
+            elif isinstance(dim, list) and len(dim) > 1 and value not in dim:
+                grown = [*dim, value]
+                out[name] = sorted(grown) if all(isinstance(v, (int, float)) for v in grown) else grown
+            else:
+                continue
+            self.widened.append(f"{prefix}{name}: {_show(dim)} -> {_show(out[name])}")
+        return out
 
     def __call__(self, trial) -> dict[str, Any]:
         fixed: dict[str, Any] = {}
@@ -65,6 +90,12 @@ class SearchSpace:
             "loss_params": {loss: {k: show(v) for k, v in dims.items()} for loss, dims in self.loss_dims.items()},
             **{k: show(v) for k, v in self.training_dims.items()},
         }
+
+
+def _show(dim: Any) -> str:
+    if isinstance(dim, Range):
+        return f"{dim.low:g}..{dim.high:g}" + (" log" if dim.log else "")
+    return f"[{', '.join(str(v) for v in dim)}]" if isinstance(dim, list) else str(dim)
 
 
 def recipe_point(config: SweepConfig, space: SearchSpace) -> dict[str, Any] | None:

@@ -125,6 +125,8 @@ def run_sweep(
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     space = SearchSpace(config)
+    for change in space.widened:
+        log.info("search space widened to hold the config's own value: %s", change)
     if saved:
         sweep_doc = saved
     else:
@@ -315,7 +317,7 @@ class BackgroundBaseline:
             raise CancelledError("the sweep stopped before the untuned model was scored")
         import torch
 
-        from tune.export import score_base_model
+        from tune.exporter import score_base_model
 
         # One core: the rest belong to the trials starting beside it on a local Ray.
         torch.set_num_threads(1)
