@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from concurrent.futures import CancelledError, Future
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 from trainers.errors import StuneError
 from tune.config import SweepConfig, parse_duration
-from tune.rundir import SUMMARY, SWEEP, RunDir, trial_dir_name
+from tune.rundir import SUMMARY, SWEEP, RunDir, trial_dirname
 from tune.space import SearchSpace, initial_point_params, recipe_point
 from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
 
@@ -175,6 +176,9 @@ def run_sweep(
         {"cpu": config.cpus_per_trial, "gpu": gpus},
     )
     if resume:
+        # Sweeps started before this module was renamed from tune/sweep.py pickled references to
+        # it; an alias in sys.modules (not an attribute of the package: that is the tune.sweep API) finds them.
+        sys.modules.setdefault("tune.sweep", sys.modules[__name__])
         tuner = tune.Tuner.restore(
             run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
             resume_errored=True, storage_filesystem=run_dir.ray_storage_filesystem,
@@ -244,10 +248,6 @@ def run_sweep(
         run_dir, config, space, recorder, scores, eval_pairs=len(splits.eval.pairs), seconds=time.time() - started
     )
     return summary
-
-
-def trial_dirname(trial) -> str:
-    return trial_dir_name(trial.trial_id)
 
 
 def config_for_trials(config: SweepConfig) -> dict[str, Any]:

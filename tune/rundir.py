@@ -35,8 +35,14 @@ TRIAL_DIR_PREFIX = "trial_"
 
 
 def trial_dir_name(trial_id: str) -> str:
-    """The folder of a trial in the run directory (Ray Tune's ``trial_dirname_creator``)."""
+    """The folder of a trial in the run directory."""
     return f"{TRIAL_DIR_PREFIX}{trial_id}"
+
+
+def trial_dirname(trial) -> str:
+    """Ray Tune's ``trial_dirname_creator``. Ray pickles it into the experiment state by module
+    and name, so it lives here, in a module whose name stays put, for ``--resume`` to find."""
+    return trial_dir_name(trial.trial_id)
 
 
 def delete_checkpoint_dirs(fs: Any, trial_path: str) -> None:
