@@ -4,18 +4,8 @@ The data are read and the model folder checked, so a plan that prints is a sweep
 
 from __future__ import annotations
 
-from typing import Any
-
-from tune.config import Range, SweepConfig, parse_duration
-from tune.space import SearchSpace, initial_point_params, recipe_point
-
-
-def describe_dimension(dim: Any) -> str:
-    if isinstance(dim, Range):
-        return f"{dim.low:g} .. {dim.high:g}" + (" (log)" if dim.log else "")
-    if isinstance(dim, list):
-        return "one of " + ", ".join(str(v) for v in dim) if len(dim) > 1 else f"{dim[0]} (fixed)"
-    return f"{dim} (fixed)"
+from tune.config import SweepConfig, parse_duration
+from tune.space import SearchSpace, describe_dimension, initial_point_params, recipe_point
 
 
 def trial_length(config: SweepConfig, space: SearchSpace) -> str:

@@ -22,7 +22,7 @@ class SearchSpace:
 
     def __init__(self, config: SweepConfig):
         self.losses = config.losses()
-        self.widened: list[str] = []  # "name: old -> new" for each default widened to hold the recipe
+        self.widened: list[str] = []  # "name: old -> new", each default widened to hold the recipe
         searched = config.search.model_extra or {}
         self.loss_dims = {}
         for loss in self.losses:
@@ -50,7 +50,7 @@ class SearchSpace:
                 out[name] = sorted(grown) if all(isinstance(v, (int, float)) for v in grown) else grown
             else:
                 continue
-            self.widened.append(f"{prefix}{name}: {_show(dim)} -> {_show(out[name])}")
+            self.widened.append(f"{prefix}{name}: {describe_dimension(dim)} -> {describe_dimension(out[name])}")
         return out
 
     def __call__(self, trial) -> dict[str, Any]:
@@ -92,10 +92,13 @@ class SearchSpace:
         }
 
 
-def _show(dim: Any) -> str:
+def describe_dimension(dim: Any) -> str:
+    """``5e-06 .. 0.0002 (log)``, ``one of 16, 32``, ``32 (fixed)``: one dimension, for people."""
     if isinstance(dim, Range):
-        return f"{dim.low:g}..{dim.high:g}" + (" log" if dim.log else "")
-    return f"[{', '.join(str(v) for v in dim)}]" if isinstance(dim, list) else str(dim)
+        return f"{dim.low:g} .. {dim.high:g}" + (" (log)" if dim.log else "")
+    if isinstance(dim, list):
+        return "one of " + ", ".join(str(v) for v in dim) if len(dim) > 1 else f"{dim[0]} (fixed)"
+    return f"{dim} (fixed)"
 
 
 def recipe_point(config: SweepConfig, space: SearchSpace) -> dict[str, Any] | None:
