@@ -104,7 +104,8 @@ def describe_dimension(dim: Any) -> str:
 def recipe_point(config: SweepConfig, space: SearchSpace) -> dict[str, Any] | None:
     """The config's own recipe as a first point, in Optuna parameter names: its loss, that loss's
     params and the training hyperparameters, each only where the space searches it and holds the
-    value (a value outside a range is left to the searcher). None when the loss is not searched."""
+    value (the default space is widened to hold them; a value outside a range that `search:` set is
+    left to the searcher). None when the loss is not searched."""
     loss = config.loss.name
     if loss not in space.losses:
         return None
