@@ -168,7 +168,7 @@ def test_help_shows_every_option_as_written():
     sweep_help = run_stune("sweep", "--help", env={"COLUMNS": "200"}).stdout
     assert "stune[mlflow]" in sweep_help
     # each value is named as the README names it, not by its Python type
-    for option in ("--out RUN_DIR", "--trials N", "--time-budget DURATION", "--storage URI", "--data DIR"):
+    for option in ("--out RUN_DIR", "--trials N", "--time-budget DURATION", "--storage URI", "--data DIR", "--dry-run"):
         assert option in sweep_help, sweep_help
     train_help = run_stune("train", "--help", env={"COLUMNS": "200"}).stdout
     for option in ("--data DIR", "--model PATH", "--seed SEED", "--out DIR"):
