@@ -54,6 +54,19 @@ def test_model_data_and_seed_flags_override_the_config(tiny_model, scored_data, 
     assert_user_error(run_stune("train", cfg, "--data", tmp_path / "nowhere"), "--data")
 
 
+@pytest.mark.parametrize("tuned, says", [(0.70, True), (0.75, True), (0.80, False)])
+def test_train_says_when_the_base_model_is_better(tuned, says, tmp_path, capsys):
+    from trainers.train import TrainResult
+    from tune.cli import _print_train_result
+
+    result = TrainResult(best={"step": 4, "metrics": {"spearman_cosine": tuned}}, final={},
+                         base={"eval": {"spearman_cosine": 0.75}})
+    _print_train_result(result, tmp_path)
+    out = capsys.readouterr().out
+    assert ("does not beat the untuned base model" in out) == says, out
+    assert f"{tuned:.4f}" in out and "0.7500" in out
+
+
 def test_triplet_data_reports_triplet_accuracy(tiny_model, tmp_path):
     from tiny import scored_pairs, triplets_from
 

@@ -129,7 +129,14 @@ def _print_train_result(result, out: Path) -> None:
     for name, base, tuned in rows:
         b, t = base["spearman_cosine"] if base else None, tuned["spearman_cosine"]
         table.add_row(name, f"{b:.4f}" if b is not None else "–", f"{t:.4f}", f"{t - b:+.4f}" if b is not None else "")
-    Console().print(table)
+    console = Console(soft_wrap=True)
+    console.print(table)
+    base_eval, tuned_eval = (result.base.get("eval") or {}).get("spearman_cosine"), result.best["metrics"]["spearman_cosine"]
+    if base_eval is not None and tuned_eval <= base_eval:  # the same rule as a sweep's export
+        console.print(
+            f"[yellow]the fine-tuned model does not beat the untuned base model on eval ({tuned_eval:.4f} <= "
+            f"{base_eval:.4f}): keep the base model, or let `stune sweep` search losses and learning rates[/yellow]"
+        )
 
 
 @app.command()
