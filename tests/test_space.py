@@ -72,3 +72,27 @@ def test_what_search_sets_is_kept_as_written():
     assert space.widened == []
     point = recipe_point(config, space)
     assert "per_device_train_batch_size" not in point and "TripletLoss.margin" not in point
+
+
+def test_warm_start_keeps_old_trials_that_differ_only_in_a_memory_setting(tmp_path):
+    # A sweep from before mini_batch_size left the default space searched it: its CachedMNRL
+    # trials trained the same models, so they still seed the searcher.
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from tune.study import STUDY_DB, warm_start_trials
+
+    old = tmp_path / "old"
+    old.mkdir()
+    study = optuna.create_study(study_name="old", storage=f"sqlite:///{old / STUDY_DB}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"loss": CACHED, f"{CACHED}.scale": 20.0, f"{CACHED}.mini_batch_size": 49,
+                "learning_rate": 1e-4, "per_device_train_batch_size": 16, "warmup_ratio": 0.1},
+        distributions={"loss": CategoricalDistribution([CACHED, "CoSENTLoss"]), f"{CACHED}.scale": FloatDistribution(5, 50, log=True),
+                       f"{CACHED}.mini_batch_size": IntDistribution(8, 64, log=True), "learning_rate": FloatDistribution(5e-6, 2e-4, log=True),
+                       "per_device_train_batch_size": CategoricalDistribution([16, 32]), "warmup_ratio": FloatDistribution(0, 0.2)},
+        value=0.5,
+    ))
+    config = parse_config(SweepConfig, {"search": {"losses": [CACHED, "CoSENTLoss"]}})
+    seeded, skipped = warm_start_trials(str(old), SearchSpace(config), config)
+    assert skipped == 0 and len(seeded) == 1
+    assert f"{CACHED}.mini_batch_size" not in seeded[0].params and seeded[0].params[f"{CACHED}.scale"] == 20.0

@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 from optuna.storages import RDBStorage
 
 from trainers.errors import StuneError
+from trainers.losses import LOSSES, IntParam
 from tune.rundir import SWEEP, RunDir
 
 log = logging.getLogger("stune.sweep")
@@ -152,6 +153,10 @@ def warm_start_trials(uri: str, space, config) -> tuple[list[optuna.trial.Frozen
     with local_copy(other) as path:
         study = load_study(path, other.name)
         finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    # Settings that change memory or speed, not the model (CachedMNRL's mini_batch_size, searched
+    # by sweeps before 2026-12-06): an old trial's value for one says nothing against it.
+    memory_only = {f"{spec.name}.{name}" for spec in LOSSES.values() for name, param in spec.params.items()
+                   if isinstance(param, IntParam) and not param.searched}
     seeded, skipped = [], 0
     for old in finished:
         replay = _Replay(old.params)
@@ -160,8 +165,8 @@ def warm_start_trials(uri: str, space, config) -> tuple[list[optuna.trial.Frozen
         except _Mismatch:
             skipped += 1
             continue
-        extra = set(old.params) - set(replay.distributions) - set(fixed)
-        if extra or any(k in old.params and old.params[k] != v for k, v in fixed.items()):
+        extra = set(old.params) - set(replay.distributions) - set(fixed) - memory_only
+        if extra or any(k in old.params and old.params[k] != v for k, v in fixed.items() if k not in memory_only):
             skipped += 1
             continue
         seeded.append(
