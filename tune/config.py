@@ -101,7 +101,7 @@ class SearchConfig(BaseModel):
         spec = get_loss(loss)
         dims: dict[str, Dimension] = {}
         for name, param in spec.params.items():
-            if isinstance(param, IntParam) and not param.searched:
+            if name in spec.unsearched:
                 dims[name] = (given or {}).get(name, param.default)
             elif isinstance(param, ChoiceParam):
                 dims[name] = list(param.choices)

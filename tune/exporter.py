@@ -196,7 +196,7 @@ def winner_recipe(config: SweepConfig, best: dict, trials: list[dict]) -> dict[s
     # Settings left at stune train's defaults are left out; the trial's own choices always show.
     shown = TrainConfig.model_validate(recipe).model_dump(mode="json", exclude_defaults=True)
     always = ["loss", "learning_rate", "per_device_train_batch_size", "warmup_ratio", "seed"]
-    return {**shown, **{k: recipe[k] for k in always if k in recipe}, "loss": recipe["loss"]}
+    return {**shown, **{k: recipe[k] for k in always if k in recipe}}
 
 
 def recipe_yaml(recipe: dict[str, Any], run: str, best: dict) -> str:
@@ -205,10 +205,11 @@ def recipe_yaml(recipe: dict[str, Any], run: str, best: dict) -> str:
     head = (f"# Trains the winner of the stune sweep {run} again (trial {best.get('trial_id')}, best at step "
             f"{best.get('step')}): stune train {RECIPE} --out DIR\n"
             "# The same loss, hyperparameters, data, seed and steps; raise max_steps or point data: at more data to scale it up.\n")
-    defaults = [what for key, what in (("model", "stune's bundled all-MiniLM-L6-v2"), ("data", "stune's embedded data set"))
+    left_out = [(key, what) for key, what in (("model", "stune's bundled all-MiniLM-L6-v2"), ("data", "stune's embedded data set"))
                 if key not in recipe]
-    if defaults:
-        head += f"# No {' and no '.join(k for k in ('model', 'data') if k not in recipe)}: {' and '.join(defaults)}, as in the sweep.\n"
+    if left_out:
+        head += (f"# No {' and no '.join(key for key, _ in left_out)}: {' and '.join(what for _, what in left_out)}, "
+                 "as in the sweep.\n")
     return head + yaml.safe_dump(recipe, sort_keys=False)
 
 

@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 from optuna.storages import RDBStorage
 
 from trainers.errors import StuneError
-from trainers.losses import LOSSES, IntParam
+from trainers.losses import LOSSES
 from tune.rundir import SWEEP, RunDir
 
 log = logging.getLogger("stune.sweep")
@@ -155,8 +155,7 @@ def warm_start_trials(uri: str, space, config) -> tuple[list[optuna.trial.Frozen
         finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     # Settings that change memory or speed, not the model (CachedMNRL's mini_batch_size, searched
     # by sweeps before 2026-12-06): an old trial's value for one says nothing against it.
-    memory_only = {f"{spec.name}.{name}" for spec in LOSSES.values() for name, param in spec.params.items()
-                   if isinstance(param, IntParam) and not param.searched}
+    memory_only = {f"{spec.name}.{name}" for spec in LOSSES.values() for name in spec.unsearched}
     seeded, skipped = [], 0
     for old in finished:
         replay = _Replay(old.params)

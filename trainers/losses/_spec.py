@@ -83,6 +83,12 @@ class LossSpec:
     params: dict[str, Param] = field(default_factory=dict)
     doc: str = ""
 
+    @property
+    def unsearched(self) -> set[str]:
+        """Params a sweep keeps fixed unless ``search:`` varies them: they change memory or speed,
+        not the model a trial trains."""
+        return {name for name, param in self.params.items() if isinstance(param, IntParam) and not param.searched}
+
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Validate user-given params; fill defaults. Raises ValueError naming the bad key."""
         unknown = sorted(set(params) - set(self.params))
