@@ -150,7 +150,7 @@ def sweep(
     storage: Optional[str] = typer.Option(None, "--storage", metavar="URI", help="Put the run directory under this URI (s3://bucket/prefix, gs://...)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out after a crash or Ctrl-C."),
     seed: Optional[int] = typer.Option(None, "--seed", metavar="SEED", help="Seed of the searcher and of every trial."),
-    time_budget: Optional[str] = typer.Option(None, "--time-budget", metavar="DURATION", help="Stop starting trials after e.g. 10m, 2h."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", metavar="DURATION", help=f"Stop the sweep after e.g. 10m, 2h; trials still running end as out_of_time (default without a config: {DEFAULT_TIME_BUDGET})."),
     force: bool = typer.Option(False, "--force", help="Start over in an existing --out."),
     warm_start_from: Optional[str] = typer.Option(
         None, "--warm-start-from", metavar="RUN_DIR", help="RUN_DIR of an earlier sweep: its finished trials (study.db) seed the searcher."
