@@ -301,6 +301,21 @@ def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_m
     assert firsts[0] == firsts[1]
 
 
+@pytest.mark.parametrize("searcher", ["cmaes", "gp"])
+def test_every_searcher_samples_the_conditional_space(searcher, tiny_model, scored_data, tmp_path):
+    # Past their startup trials these samplers import packages of their own (cmaes, greenlet):
+    # a missing one used to fail the sweep at its first modelled trial.
+    from tune.engine import run_sweep
+
+    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, searcher=searcher, trials=6, max_steps=2,
+                                                    startup_trials=2, scheduler="none"))
+    summary = run_sweep(config, str(tmp_path / "run"))
+    rows = read_trials(tmp_path / "run")
+    assert [r["status"] for r in rows] == ["completed"] * 6
+    assert summary["counts"]["completed"] == 6
+    assert len({(r["loss"], r["learning_rate"]) for r in rows}) > 1
+
+
 def write(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
