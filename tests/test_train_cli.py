@@ -54,6 +54,22 @@ def test_model_data_and_seed_flags_override_the_config(tiny_model, scored_data, 
     assert_user_error(run_stune("train", cfg, "--data", tmp_path / "nowhere"), "--data")
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_asked_for_trains_without_a_gpu(precision, tiny_model, scored_data, tmp_path):
+    # A config written for a GPU machine (bf16: true) must also run on a laptop: torch autocasts on CPU.
+    import torch
+
+    from trainers.config import TrainConfig
+    from trainers.train import fine_tune
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU path")
+    config = TrainConfig.model_validate({"model": tiny_model, "data": scored_data, "max_steps": 2, "eval_steps": 2,
+                                         "per_device_train_batch_size": 8, precision: True})
+    _, result = fine_tune(config, tmp_path, score_base=False)
+    assert result.steps == 2 and -1 <= result.best["metrics"]["spearman_cosine"] <= 1
+
+
 @pytest.mark.parametrize("tuned, says", [(0.70, True), (0.75, True), (0.80, False)])
 def test_train_says_when_the_base_model_is_better(tuned, says, tmp_path, capsys):
     from trainers.train import TrainResult

@@ -184,10 +184,13 @@ def fine_tune(
 
 
 def _precision(config: TrainConfig) -> dict[str, bool]:
-    if config.fp16 or config.bf16:
-        return {"fp16": config.fp16, "bf16": config.bf16}
     import torch
 
+    if config.fp16 or config.bf16:
+        asked = {"fp16": config.fp16, "bf16": config.bf16}
+        on_accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+        # Hugging Face refuses bf16 without a GPU unless told the run is on CPU (torch autocasts there).
+        return asked if on_accelerator else {**asked, "use_cpu": True}
     if torch.cuda.is_available():  # mixed precision on GPUs that can, fp32 on CPU
         return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
     return {}
