@@ -35,7 +35,10 @@ from .errors import ClusterError
 from .local import LOOPBACK_VAR, WORKER_NICENESS, check_cluster, find_address
 from .probe import parse_address
 
-__all__ = ["ClusterError", "ConnectionInfo", "connect", "disconnect", "ray_starts_shielded_from_ctrl_c", "stop_ray_and_its_agents"]
+__all__ = [
+    "ClusterError", "ConnectionInfo", "connect", "disconnect", "ray_starts_shielded_from_ctrl_c", "stop_ray_and_its_agents",
+    "unfit_resources",
+]
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +217,19 @@ def _ray_logging_level(log_to_driver: bool) -> int:
     import logging
 
     return logging.INFO if log_to_driver else logging.ERROR
+
+
+def unfit_resources(cpus: float, gpus: float) -> dict[str, tuple[float, float]]:
+    """What no alive node of the cluster has for one trial (busy or not: trials queue for
+    resources that exist): ``{"CPU"/"GPU": (asked, the most one node has)}``, empty if one fits."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        return {}
+    most = {kind: max((r.get(kind, 0) for r in nodes), default=0) for kind in ("CPU", "GPU")}
+    short = {kind: (asked, most[kind]) for kind, asked in (("CPU", cpus), ("GPU", gpus)) if asked > most[kind]}
+    return short or {kind: (asked, most[kind]) for kind, asked in (("CPU", cpus), ("GPU", gpus))}  # no node has both
 
 
 def disconnect() -> None:

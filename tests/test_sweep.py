@@ -338,6 +338,18 @@ def test_bad_sweep_config_is_refused_before_ray_starts(change, fragments, tiny_m
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("resources, fragments", [
+    ({"gpus_per_trial": 64}, ["gpus_per_trial: 64, but this machine has", "GPU", "lower it", "--address"]),
+    ({"cpus_per_trial": 512}, ["cpus_per_trial: 512, but this machine has", "CPU", "lower it"]),
+])
+def test_trials_no_node_could_run_are_refused_not_left_waiting(resources, fragments, tiny_model, scored_data, tmp_path):
+    # Ray Tune would keep such trials pending for ever: on this machine's private Ray nothing more will come.
+    cfg = write(tmp_path / "c.yaml", {**sweep_config(tiny_model, scored_data, trials=2, max_steps=2), **resources})
+    proc = run_stune("sweep", cfg, "--out", tmp_path / "run", timeout=120)
+    assert_user_error(proc, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
 def test_python_api_sweeps_and_exports(tiny_model, scored_data, tmp_path):
     from sentence_transformers import SentenceTransformer
 

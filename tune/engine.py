@@ -100,7 +100,9 @@ def run_sweep(
 
     import ray
 
-    from cluster.connect import connect, disconnect, ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents
+    from cluster.connect import (
+        connect, disconnect, ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents, unfit_resources,
+    )
 
     # The untuned model is scored in the background once the first trial has started: importing
     # torch and sentence-transformers and evaluating took ~20 s on 2 cores, and waiting for it put
@@ -125,6 +127,14 @@ def run_sweep(
     gpus = config.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if short := unfit_resources(config.cpus_per_trial, gpus):
+        asked = "; ".join(f"{kind.lower()}s_per_trial: {want:g}, but {'this machine' if connection.local else 'the largest node'} "
+                          f"has {have:g} {kind}" for kind, (want, have) in short.items())
+        if connection.local:  # this machine is all a private Ray will ever have: trials would wait forever
+            disconnect()
+            hint = " (left out, gpus_per_trial is 1 on GPU machines, else 0)" if "GPU" in short else ""
+            raise SweepError(f"{asked}: lower it in the sweep config{hint}, or pass --address of a cluster that has them")
+        log.warning("%s: trials wait until such a node joins the cluster (an autoscaler's, or `stune cluster join`)", asked)
     space = SearchSpace(config)
     for change in space.widened:
         log.info("search space widened to hold the config's own value: %s", change)
