@@ -171,6 +171,14 @@ def sweep(
 
         if resume and not out:
             raise ConfigError("--resume needs --out RUN_DIR: the run directory of the sweep to continue")
+        if resume and (ignored := [name for name, given in (
+            ("CONFIG", config), ("--data", data), ("--model", model), ("--trials", trials), ("--seed", seed),
+            ("--time-budget", time_budget), ("--warm-start-from", warm_start_from), ("--mlflow", mlflow),
+        ) if given is not None]):
+            raise ConfigError(
+                f"--resume continues the sweep in --out as it was started, so {', '.join(ignored)} would be ignored: "
+                f"drop {'them' if len(ignored) > 1 else 'it'}; to search further, start a new sweep with --warm-start-from RUN_DIR"
+            )
         splits = _data_folder(data) if data else {}
         if config is None and time_budget is None and not resume:
             time_budget = DEFAULT_TIME_BUDGET  # the no-config sweep must end in ~10 minutes on 2 CPU cores
