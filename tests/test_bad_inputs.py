@@ -150,6 +150,16 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
         # -- command line
         "export to an existing folder": Case(["export", "{case}/run", "--out", "{case}/mine"], ["--out", "already exists", "--force"],
                                              files={**fake_run, "mine/notes.txt": "my own file"}),
+        # --force replaces an output, never what the run reads
+        "export --force over its own run dir": Case(["export", "{case}/run", "--out", "{case}/run", "--force"],
+                                                    ["--out", "holds the sweep", "choose another --out"], files=fake_run),
+        "export --force into its run dir's best/": Case(["export", "{case}/run", "--out", "{case}/run/best", "--force"],
+                                                        ["inside the sweep's run dir"], files=fake_run),
+        "train --force over the folder of its data": Case(
+            ["train", "--data", "{case}/d", "--model", model, "--out", "{case}/d", "--force"], ["holds data.train", "choose another --out"],
+            files={f"d/{split}.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS) for split in ("train", "eval")}),
+        "sweep --force over the folder of its config": Case(["sweep", "{cfg}", "--out", "{case}", "--force"],
+                                                            ["--out", "holds CONFIG", "choose another --out"], cfg()),
         "export from a folder that is no sweep": Case(["export", "{case}/plain", "--out", "{out}"], ["not a stune sweep"],
                                                       files={"plain/notes.txt": "my own file"}),
         "export before any trial finished": Case(["export", "{case}/run", "--out", "{out}"], ["nothing to export"],

@@ -107,6 +107,21 @@ class TrainConfig(_Strict):
         return {"name": value} if isinstance(value, str) else value
 
 
+def input_paths(config: TrainConfig) -> dict[str, str]:
+    """The files and folders a run reads, by the config key that names them."""
+    named = {"model": config.model, "data.train": config.data.train, "data.eval": config.data.eval, "data.test": config.data.test}
+    return {key: path for key, path in named.items() if path}
+
+
+def refuse_out_holding_inputs(out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out") -> None:
+    """An output folder that is, or holds, one of the run's inputs is refused even with --force:
+    replacing it would delete what the run reads (and what the user made)."""
+    target = Path(out).resolve()
+    for what, path in inputs.items():
+        if path and "://" not in str(path) and (target == Path(path).resolve() or target in Path(path).resolve().parents):
+            raise ConfigError(f"{flag} {out} holds {what} ({path}); writing there would delete it, so choose another {flag}")
+
+
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
     """One line naming the first bad field and the fix, with a did-you-mean for typos."""
     err = exc.errors()[0]

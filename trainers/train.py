@@ -19,7 +19,7 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, input_paths, refuse_out_holding_inputs
 from trainers.data import Splits, adapt, load_splits
 from trainers.errors import StuneError, TrainingError
 from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, selection_key, short_metrics
@@ -335,6 +335,7 @@ def train_to_dir(config: TrainConfig, out: str | Path, *, splits: Splits | None 
     interrupted run leaves ``out`` as it was.
     """
     out = Path(out)
+    refuse_out_holding_inputs(out, input_paths(config))
     if out.exists() and any(out.iterdir()) and not force:
         raise StuneError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
     splits = splits or load_splits(config)  # bad data fails here, before anything is written

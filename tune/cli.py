@@ -90,7 +90,7 @@ def train(
     """Fine-tune one model with one loss and one set of hyperparameters (no Ray)."""
     _setup_logging(verbose)
     with _UserErrors():
-        from trainers.config import load_train_config
+        from trainers.config import input_paths, load_train_config, refuse_out_holding_inputs
         from trainers.errors import ConfigError
 
         from trainers.data import load_splits
@@ -100,6 +100,7 @@ def train(
         demo = {} if config else {"max_steps": DEFAULT_TRAIN_STEPS, "eval_steps": DEFAULT_TRAIN_STEPS // 2}
         cfg = load_train_config(config, **demo, model=model, seed=seed, **(_data_folder(data) if data else {}))
         out = out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+        refuse_out_holding_inputs(out, {"CONFIG": config, **input_paths(cfg)})  # before any warning
         if out.exists() and any(out.iterdir()) and not force:
             raise ConfigError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
         splits = load_splits(cfg)  # bad data and model paths fail here, before torch is imported
@@ -167,6 +168,7 @@ def sweep(
     _setup_logging(verbose)
     with _UserErrors():
         from trainers.errors import ConfigError
+        from trainers.config import refuse_out_holding_inputs
         from tune.config import load_sweep_config, parse_duration
 
         if resume and not out:
@@ -191,15 +193,18 @@ def sweep(
         from tune.engine import default_run_dir, run_sweep
 
         out = out or default_run_dir()
+        if not resume and not storage:
+            refuse_out_holding_inputs(out, {"CONFIG": config})
         if dry_run:
             from trainers.data import load_splits
             from trainers.model import resolve_model_path
             from tune.plan import plan_lines
+            from trainers.config import input_paths
             from tune.engine import check_run_dir
 
             if resume:
                 raise ConfigError("--dry-run plans a new sweep; a --resume goes on as the sweep in --out was started")
-            run_dir = check_run_dir(out, storage=storage, resume=False, force=force)
+            run_dir = check_run_dir(out, storage=storage, resume=False, force=force, inputs={"CONFIG": config, **input_paths(cfg)})
             where = run_dir.uri + (" (exists: --force empties it when the sweep starts)" if not run_dir.is_empty() else "")
             lines = plan_lines(cfg, load_splits(cfg), str(resolve_model_path(cfg.model)), out=where)
             typer.echo("\n".join(lines))

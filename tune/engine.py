@@ -16,6 +16,7 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as futures_wait
 from typing import Any, Callable
 
+from trainers.config import input_paths, refuse_out_holding_inputs
 from trainers.errors import StuneError
 from tune.config import SweepConfig, parse_duration
 from tune.rundir import SUMMARY, SWEEP, RunDir, trial_dirname
@@ -42,9 +43,11 @@ class SweepError(StuneError):
     pass
 
 
-def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -> RunDir:
-    """Where the sweep would live; refuses to clobber a run or to resume something that is not
-    one. Changes nothing."""
+def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool, inputs: dict[str, str | None] | None = None) -> RunDir:
+    """Where the sweep would live; refuses to clobber a run, or a folder holding one of the
+    sweep's ``inputs`` (even with ``force``), or to resume something that is not one. Changes nothing."""
+    if not resume and not storage:
+        refuse_out_holding_inputs(out, inputs or {})
     if storage:
         from cluster.storage import join, resolve_storage
 
@@ -58,9 +61,9 @@ def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -
     return run_dir
 
 
-def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool) -> RunDir:
+def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool, inputs: dict[str, str | None] | None = None) -> RunDir:
     """``check_run_dir``, then empties the run dir when ``force`` starts over there."""
-    run_dir = check_run_dir(out, storage=storage, resume=resume, force=force)
+    run_dir = check_run_dir(out, storage=storage, resume=resume, force=force, inputs=inputs)
     if force and not resume and not run_dir.is_empty():
         run_dir.fs.delete_dir_contents(run_dir.path)
     return run_dir
@@ -82,7 +85,8 @@ def run_sweep(
     """``warm_start_from``: RUN_DIR of an earlier sweep whose finished trials seed the searcher;
     ``mlflow``: an MLflow tracking URI to log every trial's params and metrics to."""
     started = time.time()
-    run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force)
+    inputs = {**input_paths(config), "--warm-start-from": warm_start_from}
+    run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force, inputs=inputs)
     created_here = not run_dir.exists()
     if resume and (warm_start_from or mlflow):
         raise SweepError("--resume continues a sweep as it was started; --warm-start-from and --mlflow apply to new sweeps only")

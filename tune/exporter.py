@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainers.config import DEFAULT_DATA_DIR
+from trainers.config import DEFAULT_DATA_DIR, input_paths, refuse_out_holding_inputs
 from trainers.errors import StuneError
 from tune.config import SweepConfig
 from tune.recorder import BEST_JSON
@@ -41,6 +41,9 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     if mlflow:
         _require_mlflow()
     out = Path(out)
+    refuse_out_holding_inputs(out, {"the sweep": run_dir.path if run_dir.is_local else None, **input_paths(config)})
+    if run_dir.is_local and Path(run_dir.path).resolve() in out.resolve().parents:
+        raise ExportError(f"--out {out} is inside the sweep's run dir {run_dir.path}, which stune manages; choose another --out")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"--out {out} already exists; pass --force to replace it or choose another --out")
     from trainers.data import config_split
