@@ -173,6 +173,8 @@ def sweep(
 
         if resume and not out:
             raise ConfigError("--resume needs --out RUN_DIR: the run directory of the sweep to continue")
+        if resume and dry_run:
+            raise ConfigError("--dry-run plans a new sweep; a --resume goes on as the sweep in --out was started")
         if resume and (ignored := [name for name, given in (
             ("CONFIG", config), ("--data", data), ("--model", model), ("--trials", trials), ("--seed", seed),
             ("--time-budget", time_budget), ("--warm-start-from", warm_start_from), ("--mlflow", mlflow),
@@ -202,8 +204,6 @@ def sweep(
             from trainers.config import input_paths
             from tune.engine import check_run_dir
 
-            if resume:
-                raise ConfigError("--dry-run plans a new sweep; a --resume goes on as the sweep in --out was started")
             run_dir = check_run_dir(out, storage=storage, resume=False, force=force, inputs={"CONFIG": config, **input_paths(cfg)})
             where = run_dir.uri + (" (exists: --force empties it when the sweep starts)" if not run_dir.is_empty() else "")
             lines = plan_lines(cfg, load_splits(cfg), str(resolve_model_path(cfg.model)), out=where)
