@@ -1,8 +1,10 @@
 """The search space a sweep's searcher samples: which parameters it varies and how."""
 
 import optuna
+import pytest
 
 from trainers.config import parse_config
+from trainers.errors import ConfigError
 from tune.config import SweepConfig
 from tune.space import SearchSpace
 
@@ -96,3 +98,37 @@ def test_warm_start_keeps_old_trials_that_differ_only_in_a_memory_setting(tmp_pa
     seeded, skipped = warm_start_trials(str(old), SearchSpace(config), config)
     assert skipped == 0 and len(seeded) == 1
     assert f"{CACHED}.mini_batch_size" not in seeded[0].params and seeded[0].params[f"{CACHED}.scale"] == 20.0
+
+
+def first_trial(raw: dict) -> dict:
+    """What the sweep's first trial runs when the config gives initial points (Ray's OptunaSearch
+    enqueues them in the study the same way)."""
+    from tune.space import initial_point_params
+
+    config = parse_config(SweepConfig, raw)
+    space = SearchSpace(config)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(initial_point_params(config.initial_points[0], config.loss.name))
+    trial = study.ask()
+    fixed = space(trial)
+    return {**trial.params, **fixed}
+
+
+def test_an_initial_point_runs_as_written():
+    # batch 64 and margin 8 lie outside the default space, which widens to hold them (as for the recipe)
+    point = {"loss": "TripletLoss", "margin": 8.0, "distance": "cosine", "per_device_train_batch_size": 64}
+    first = first_trial({"initial_points": [point], "search": {"losses": ["TripletLoss", "CoSENTLoss"]}})
+    assert (first["loss"], first["TripletLoss.margin"], first["TripletLoss.distance"], first["per_device_train_batch_size"]) \
+        == ("TripletLoss", 8.0, "cosine", 64)
+
+
+@pytest.mark.parametrize("point, search, fragment", [
+    ({"loss": "TripletLoss"}, {"losses": ["CoSENTLoss"]}, r"initial_points\[0\].loss: TripletLoss is not searched"),
+    ({"per_device_train_batch_size": 64}, {"per_device_train_batch_size": [16, 32]}, r"64 is not in the search space \(one of 16, 32\)"),
+    ({"weight_decay": 0.1}, {"weight_decay": 0.01}, r"weight_decay: 0.1 is not in the search space \(0.01 \(fixed\)\)"),
+    ({"max_steps": 5}, {}, r"max_steps: not searched, so every trial uses the config's max_steps \(30\)"),
+])
+def test_an_initial_point_the_space_cannot_run_is_refused(point, search, fragment):
+    # Optuna would silently run something else in its place.
+    with pytest.raises(ConfigError, match=fragment):
+        SearchSpace(parse_config(SweepConfig, {"initial_points": [point], "search": search}))

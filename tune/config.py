@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.config import TrainConfig, parse_config, read_yaml, with_overrides
+from trainers.config import TrainConfig, format_validation_error, parse_config, read_yaml, with_overrides
 from trainers.errors import ConfigError
 from trainers.losses import LOSSES, ChoiceParam, FloatParam, IntParam, get_loss
 
@@ -235,6 +235,13 @@ class SweepConfig(TrainConfig):
             for key in point:
                 if key != "loss" and key not in TrainConfig.model_fields and key not in spec.params:
                     raise ValueError(f"initial_points[{i}]: unknown key {key!r} for {loss}")
+            try:  # the values as a config would take them: a margin the loss accepts, a batch size >= 1
+                spec.check_params({k: v for k, v in point.items() if k in spec.params})
+                TrainConfig.model_validate({k: v for k, v in point.items() if k in TrainConfig.model_fields and k != "loss"})
+            except ValidationError as exc:
+                raise ValueError(format_validation_error(exc, TrainConfig, f"initial_points[{i}]")) from None
+            except ValueError as exc:
+                raise ValueError(f"initial_points[{i}]: {exc}") from None
         return self
 
     def losses(self) -> list[str]:

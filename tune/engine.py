@@ -98,6 +98,7 @@ def run_sweep(
     from trainers.data import load_splits
 
     splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
+    space = SearchSpace(config)  # so does an initial point the space cannot take
     model_path = resolve_model_path(config.model)
     seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
     _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
@@ -139,7 +140,6 @@ def run_sweep(
             hint = " (left out, gpus_per_trial is 1 on GPU machines, else 0)" if "GPU" in short else ""
             raise SweepError(f"{asked}: lower it in the sweep config{hint}, or pass --address of a cluster that has them")
         log.warning("%s: trials wait until such a node joins the cluster (an autoscaler's, or `stune cluster join`)", asked)
-    space = SearchSpace(config)
     for change in space.widened:
         log.info("search space widened to hold the config's own value: %s", change)
     if saved:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainers.errors import ConfigError
 from trainers.losses import IntParam, get_loss
 from tune.config import TRAINING_DIMENSIONS, Range, SweepConfig
 
@@ -24,34 +25,64 @@ class SearchSpace:
         self.losses = config.losses()
         self.widened: list[str] = []  # "name: old -> new", each default widened to hold the recipe
         searched = config.search.model_extra or {}
+        # What the config itself asks for: its own recipe and its initial points, in Optuna names.
+        points = [initial_point_params(p, config.loss.name) for p in config.initial_points or []]
+        recipe = {f"{config.loss.name}.{k}": v for k, v in config.loss.params.items()}
+        recipe.update({name: getattr(config, name) for name in TRAINING_DIMENSIONS if name in config.model_fields_set})
+        given: dict[str, list[Any]] = {}
+        for named in (recipe, *points):
+            for name, value in named.items():
+                given.setdefault(name, []).append(value)
         self.loss_dims = {}
         for loss in self.losses:
-            own = config.loss.params if loss == config.loss.name else {}
-            dims = config.search.loss_dimensions(loss, own)
-            self.loss_dims[loss] = self._holding(dims, own, set(searched.get(loss) or {}), prefix=f"{loss}.")
-        given = {name: getattr(config, name) for name in TRAINING_DIMENSIONS if name in config.model_fields_set}
+            dims = config.search.loss_dimensions(loss, config.loss.params if loss == config.loss.name else {})
+            self.loss_dims[loss] = self._holding(dims, given, set(searched.get(loss) or {}), prefix=f"{loss}.")
         self.training_dims = self._holding(config.search.training_dimensions(), given, set(searched))
+        for i, point in enumerate(points):
+            self._check_point(point, config, f"initial_points[{i}]")
 
-    def _holding(self, dims: dict[str, Any], given: dict[str, Any], searched: set[str], prefix: str = "") -> dict[str, Any]:
-        """The default ranges and choices, widened to hold the config's own values: its recipe is
-        the sweep's first trial, and a batch size of 64 outside the default [16, 32] would
-        otherwise be silently left out. What ``search:`` sets is kept as written."""
+    def _holding(self, dims: dict[str, Any], given: dict[str, list[Any]], searched: set[str], prefix: str = "") -> dict[str, Any]:
+        """The default ranges and choices, widened to hold the values the config names itself: its
+        recipe is the sweep's first trial, and a batch size of 64 outside the default [16, 32] would
+        otherwise be silently left out (so would an initial point's). What ``search:`` sets is kept
+        as written."""
         out = dict(dims)
         for name, dim in dims.items():
-            value = given.get(name)
-            if name in searched or value is None or isinstance(value, bool):
+            if name in searched:
                 continue
-            if isinstance(dim, Range) and isinstance(value, (int, float)) and not dim.low <= value <= dim.high:
-                if dim.log and value <= 0:
+            for value in given.get(f"{prefix}{name}", []):
+                if value is None or isinstance(value, bool):
                     continue
-                out[name] = Range(low=min(dim.low, value), high=max(dim.high, value), log=dim.log)
-            elif isinstance(dim, list) and len(dim) > 1 and value not in dim:
-                grown = [*dim, value]
-                out[name] = sorted(grown) if all(isinstance(v, (int, float)) for v in grown) else grown
-            else:
-                continue
-            self.widened.append(f"{prefix}{name}: {describe_dimension(dim)} -> {describe_dimension(out[name])}")
+                now = out[name]
+                if isinstance(now, Range) and isinstance(value, (int, float)) and not now.low <= value <= now.high:
+                    if now.log and value <= 0:
+                        continue
+                    out[name] = Range(low=min(now.low, value), high=max(now.high, value), log=now.log)
+                elif isinstance(now, list) and len(now) > 1 and value not in now:
+                    grown = [*now, value]
+                    out[name] = sorted(grown) if all(isinstance(v, (int, float)) for v in grown) else grown
+            if out[name] != dim:
+                self.widened.append(f"{prefix}{name}: {describe_dimension(dim)} -> {describe_dimension(out[name])}")
         return out
+
+    def _check_point(self, params: dict[str, Any], config: SweepConfig, where: str) -> None:
+        """Optuna silently replaces an enqueued value the space cannot take (a loss that is not
+        searched, a choice that is not listed, a value where the space fixes another): refuse it."""
+        loss = params["loss"]
+        if loss not in self.losses:
+            raise ConfigError(f"{where}.loss: {loss} is not searched (search.losses: {', '.join(self.losses)}); add it there or change the point")
+        dims = {**{f"{loss}.{k}": d for k, d in self.loss_dims[loss].items()}, **self.training_dims}
+        for name, value in params.items():
+            key = name.split(".", 1)[1] if name.startswith(f"{loss}.") else name
+            if name == "loss" or isinstance(dims.get(name), Range):  # any value of a range is tried as given
+                continue
+            if name not in dims:
+                fixed = getattr(config, key, None)
+                raise ConfigError(f"{where}.{key}: not searched, so every trial uses the config's {key} "
+                                  f"({'unset' if fixed is None else fixed}); search it under search: or drop it from the point")
+            if value not in (dims[name] if isinstance(dims[name], list) else [dims[name]]):
+                raise ConfigError(f"{where}.{key}: {value!r} is not in the search space ({describe_dimension(dims[name])}); "
+                                  f"widen it under search: or change the point")
 
     def __call__(self, trial) -> dict[str, Any]:
         fixed: dict[str, Any] = {}
