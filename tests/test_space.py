@@ -132,3 +132,20 @@ def test_an_initial_point_the_space_cannot_run_is_refused(point, search, fragmen
     # Optuna would silently run something else in its place.
     with pytest.raises(ConfigError, match=fragment):
         SearchSpace(parse_config(SweepConfig, {"initial_points": [point], "search": search}))
+
+
+def test_losses_the_train_data_cannot_feed_leave_the_default_search_or_are_refused_when_listed():
+    from trainers.data import ScoredPairs
+    from tune.space import fit_losses_to_data
+
+    # every score under data.positive_threshold: no positive pairs for MNRL or Triplet, one label for Contrastive
+    low = ScoredPairs([f"title {i}" for i in range(20)], [f"role {i}" for i in range(20)], [i / 40 for i in range(20)])
+    config, unfit = fit_losses_to_data(parse_config(SweepConfig, {}), low)
+    assert config.losses() == ["CosineSimilarityLoss", "CoSENTLoss", "AnglELoss"]
+    assert "fewer than 2 pairs have score >= data.positive_threshold=0.75" in unfit["MultipleNegativesRankingLoss"]
+    assert "one side of data.positive_threshold" in unfit["ContrastiveLoss"]
+    listed = parse_config(SweepConfig, {"search": {"losses": ["CoSENTLoss", "TripletLoss"]}})
+    with pytest.raises(ConfigError, match="search.losses: TripletLoss cannot train on data.train: fewer than 2 pairs"):
+        fit_losses_to_data(listed, low)
+    mixed = ScoredPairs(low.sentence1, low.sentence2, [i / 19 for i in range(20)])
+    assert fit_losses_to_data(listed, mixed) == (listed, {})

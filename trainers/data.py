@@ -289,4 +289,9 @@ def load_splits(config, *, with_test: bool = True) -> Splits:
     """The train/eval/test splits of a ``TrainConfig``, each read as scored pairs."""
     data = config.data
     test = config_split(config, data.test) if with_test and data.test else None
-    return Splits(config_split(config, data.train), config_split(config, data.eval), test)
+    splits = Splits(config_split(config, data.train), config_split(config, data.eval), test)
+    for key, split in (("data.eval", splits.eval), ("data.test", splits.test)):
+        if split is not None and len(set(split.pairs.score)) < 2:  # spearman of a constant is undefined (NaN)
+            raise DataError(f"{key} {split.path}: every pair has score {split.pairs.score[0]:g}, so spearman_cosine cannot rank "
+                            "them; give it pairs with different scores (e.g. unrelated pairs scored 0)")
+    return splits

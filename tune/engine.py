@@ -20,7 +20,7 @@ from trainers.config import input_paths, refuse_out_holding_inputs
 from trainers.errors import StuneError
 from tune.config import SweepConfig, parse_duration
 from tune.rundir import SUMMARY, SWEEP, RunDir, trial_dirname
-from tune.space import SearchSpace, initial_point_params, recipe_point
+from tune.space import SearchSpace, fit_losses_to_data, initial_point_params, recipe_point
 from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
@@ -98,7 +98,11 @@ def run_sweep(
     from trainers.data import load_splits
 
     splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
-    space = SearchSpace(config)  # so does an initial point the space cannot take
+    if not saved:  # (a resumed sweep searches what it searched)
+        config, unfit = fit_losses_to_data(config, splits.train.pairs)  # so does a listed loss the data cannot feed
+        for loss, why in unfit.items():
+            log.warning("%s left out of the search: it cannot train on data.train (%s)", loss, why)
+    space = SearchSpace(config)  # and an initial point the space cannot take
     model_path = resolve_model_path(config.model)
     seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
     _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts

@@ -5,7 +5,7 @@ The data are read and the model folder checked, so a plan that prints is a sweep
 from __future__ import annotations
 
 from tune.config import SweepConfig, parse_duration
-from tune.space import SearchSpace, describe_dimension, initial_point_params, recipe_point
+from tune.space import SearchSpace, describe_dimension, fit_losses_to_data, initial_point_params, recipe_point
 
 
 def trial_length(config: SweepConfig, space: SearchSpace) -> str:
@@ -18,6 +18,7 @@ def trial_length(config: SweepConfig, space: SearchSpace) -> str:
 
 
 def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> list[str]:
+    config, unfit = fit_losses_to_data(config, splits.train.pairs)
     space = SearchSpace(config)
     pairs = {"train": splits.train, "eval": splits.eval, "test": splits.test}
     data = ", ".join(f"{name} {split.path} ({len(split.pairs)} pairs)" for name, split in pairs.items() if split is not None)
@@ -47,6 +48,8 @@ def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> lis
             lines.append(f"  initial point {i + 1}: " + ", ".join(f"{k}={v}" for k, v in point.items()))
     for change in space.widened:
         lines.append(f"  widened to hold the config's own value: {change}")
+    for loss, why in unfit.items():
+        lines.append(f"  left out: {loss}, which cannot train on data.train ({why})")
     lines.append("  search space:")
     lines.append(f"    loss: {describe_dimension(space.losses)}")
     for loss in space.losses:

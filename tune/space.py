@@ -123,6 +123,34 @@ class SearchSpace:
         }
 
 
+def fit_losses_to_data(config: SweepConfig, train_pairs) -> tuple[SweepConfig, dict[str, str]]:
+    """The config with only the searched losses that the train split can feed (MultipleNegatives-
+    RankingLoss needs pairs above ``data.positive_threshold``...), and why each other one cannot.
+    Losses the user listed under ``search.losses`` are not dropped: one that cannot train is an error."""
+    from trainers.data import adapt
+    from trainers.errors import DataError
+
+    unfit: dict[str, str] = {}
+    by_shape: dict[str, str | None] = {}
+    for loss in config.losses():
+        shape = get_loss(loss).shape
+        if shape not in by_shape:
+            try:
+                adapt(train_pairs, shape, positive_threshold=config.data.positive_threshold, seed=config.seed)
+                by_shape[shape] = None
+            except DataError as exc:
+                by_shape[shape] = str(exc)
+        if by_shape[shape]:
+            unfit[loss] = by_shape[shape]
+    if not unfit:
+        return config, {}
+    kept = [loss for loss in config.losses() if loss not in unfit]
+    if config.search.losses is not None or not kept:
+        loss, why = next(iter(unfit.items()))
+        raise ConfigError(f"search.losses: {loss} cannot train on data.train: {why}, or leave {loss} out of search.losses")
+    return config.model_copy(update={"search": config.search.model_copy(update={"losses": kept})}), unfit
+
+
 def describe_dimension(dim: Any) -> str:
     """``5e-06 .. 0.0002 (log)``, ``one of 16, 32``, ``32 (fixed)``: one dimension, for people."""
     if isinstance(dim, Range):
