@@ -147,6 +147,36 @@ def test_report_works_on_a_running_or_interrupted_sweep(swept, tmp_path):
     assert result["data"].counts()["running"] == 2
 
 
+def test_a_sweep_whose_trials_all_errored_says_why_in_report_and_export(swept, tmp_path):
+    """The same run dir, rewritten as if every trial had errored (two reasons) and the sweep ended."""
+    import csv
+
+    run = tmp_path / swept.name
+    shutil.copytree(swept, run, ignore=shutil.ignore_patterns("best", "best.json", "report"))
+    with open(run / "trials.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    reasons = ["out of memory at per_device_train_batch_size=64; lower it", "loss is nan at step 3; lower learning_rate"]
+    for i, row in enumerate(rows):
+        row.update(status="errored", spearman_cosine="", best_step="", error=reasons[i % 2])
+    with open(run / "trials.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(best=None, counts={**summary["counts"], "completed": 0, "stopped_early": 0, "errored": len(rows)})
+    (run / "summary.json").write_text(json.dumps(summary))
+
+    proc = run_stune("report", run, "--out", tmp_path / "out", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{len(rows)} trial(s) errored:" in proc.stdout
+    for reason in reasons:
+        assert f"x {reason}" in proc.stdout
+    assert "no trial has finished an evaluation\n" in proc.stdout  # not "yet": the sweep is over
+    export = run_stune("export", run, "--out", tmp_path / "model")
+    assert export.returncode == 2 and f"the sweep ended with no trial evaluated ({len(rows)} errored)" in export.stderr
+    assert "stune report" in export.stderr and not (tmp_path / "model").exists()
+
+
 def test_warm_start_seeds_the_new_searcher_with_the_old_trials(swept, tiny_model, scored_data, tmp_path):
     import optuna
 

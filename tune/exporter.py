@@ -30,6 +30,10 @@ def load_run(uri: str) -> tuple[RunDir, SweepConfig, dict[str, Any], dict[str, A
         raise ExportError(f"{uri} is not a stune sweep (no {SWEEP}); pass the RUN_DIR a 'stune sweep' wrote")
     sweep = run_dir.read_json(SWEEP)
     if not run_dir.exists(BEST_JSON) or not run_dir.exists(BEST):
+        if run_dir.exists(SUMMARY):  # the sweep is over: nothing will come
+            errored = run_dir.read_json(SUMMARY).get("counts", {}).get("errored", 0)
+            raise ExportError(f"{uri}: the sweep ended with no trial evaluated ({errored} errored), so there is nothing to export; "
+                              f"`stune report {uri}` says why each trial failed")
         raise ExportError(f"{uri}: no trial has completed an evaluation yet, so there is nothing to export")
     return run_dir, SweepConfig.model_validate(sweep["config"]), sweep, run_dir.read_json(BEST_JSON)
 

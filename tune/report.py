@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -521,8 +522,13 @@ def print_table(data: RunData, top: int = 10, console=None) -> None:
     for line in headline(data):
         console.print(line, highlight=False)
     header, rows = table_rows(data, top, compact=True)
+    errored = Counter(t.get("error") or "no reason recorded" for t in data.trials if t["status"] == "errored")
+    if errored:  # why, in the terminal too: the reasons are what the user fixes next
+        console.print(f"{sum(errored.values())} trial(s) errored:", highlight=False)
+        for reason, n in errored.most_common():
+            console.print(f"  {n} x {reason}", highlight=False)
     if not rows:
-        console.print("no trial has finished an evaluation yet")
+        console.print("no trial has finished an evaluation" + ("" if data.finished else " yet"))
         return
     from rich import box
 
