@@ -350,6 +350,16 @@ def test_trials_no_node_could_run_are_refused_not_left_waiting(resources, fragme
     assert not (tmp_path / "run").exists()
 
 
+def test_a_sweep_whose_every_trial_errors_fails_and_says_where_to_look(tiny_model, scored_data, tmp_path):
+    # a real NaN loss in every trial (as in test_reliability.py)
+    cfg = write(tmp_path / "c.yaml", {**sweep_config(tiny_model, scored_data, trials=2, max_steps=4, scheduler="none"),
+                                      "search": {"losses": ["CoSENTLoss"], "learning_rate": 1.0, "weight_decay": 1.0e30}})
+    proc = run_stune("sweep", cfg, "--out", tmp_path / "run", timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "no trial finished an evaluation" in proc.stdout and f"stune report {tmp_path / 'run'}" in proc.stdout
+    assert [r["status"] for r in read_trials(tmp_path / "run")] == ["errored", "errored"]
+
+
 def test_python_api_sweeps_and_exports(tiny_model, scored_data, tmp_path):
     from sentence_transformers import SentenceTransformer
 

@@ -256,7 +256,8 @@ def _print_sweep_summary(summary: dict) -> None:
     console.print(f"trials: {describe_counts(counts)}  ({summary['wall_seconds']:.0f} s)")
     if best is None:
         console.print("[red]no trial finished an evaluation[/red]")
-        return
+        console.print(f"why each trial failed: stune report {summary['run_dir']}", highlight=False)
+        raise typer.Exit(1)  # a sweep that found no model has failed, for scripts too
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["config"].items())
     interval = summary.get("best_interval_95")
     spread = f"95 % interval {interval[0]:.2f}–{interval[1]:.2f} on {summary['eval_pairs']} pairs; " if interval else ""
