@@ -204,7 +204,7 @@ def sweep(
             from trainers.config import input_paths
             from tune.engine import check_run_dir
 
-            run_dir = check_run_dir(out, storage=storage, resume=False, force=force, inputs={"CONFIG": config, **input_paths(cfg)})
+            run_dir = check_run_dir(out, storage=storage, resume=False, force=force, inputs=input_paths(cfg))  # CONFIG: above
             where = run_dir.uri + (" (exists: --force empties it when the sweep starts)" if not run_dir.is_empty() else "")
             lines = plan_lines(cfg, load_splits(cfg), str(resolve_model_path(cfg.model)), out=where)
             typer.echo("\n".join(lines))
