@@ -522,26 +522,26 @@ def print_table(data: RunData, top: int = 10, console=None) -> None:
     for line in headline(data):
         console.print(line, highlight=False)
     header, rows = table_rows(data, top, compact=True)
+    if rows:
+        from rich import box
+
+        table = Table(title=f"top {len(rows)} trials by eval {OBJECTIVE}", box=box.SIMPLE_HEAD, pad_edge=False)
+        for name in header:
+            left = name in ("trial", "status", "loss", "hyperparameters")
+            table.add_column(name, justify="left" if left else "right", no_wrap=name != "hyperparameters")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        shortened = sorted({t["loss"] for t in data.scored()[:top] if short_loss(t["loss"]) != t["loss"].removesuffix("Loss")})
+        if shortened:
+            console.print("  " + ", ".join(f"{short_loss(name)} = {name}" for name in shortened), highlight=False)
+    else:
+        console.print("no trial has finished an evaluation" + ("" if data.finished else " yet"))
     errored = Counter(t.get("error") or "no reason recorded" for t in data.trials if t["status"] == "errored")
     if errored:  # why, in the terminal too: the reasons are what the user fixes next
         console.print(f"{sum(errored.values())} trial(s) errored:", highlight=False)
         for reason, n in errored.most_common():
             console.print(f"  {n} x {reason}", highlight=False)
-    if not rows:
-        console.print("no trial has finished an evaluation" + ("" if data.finished else " yet"))
-        return
-    from rich import box
-
-    table = Table(title=f"top {len(rows)} trials by eval {OBJECTIVE}", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in header:
-        left = name in ("trial", "status", "loss", "hyperparameters")
-        table.add_column(name, justify="left" if left else "right", no_wrap=name != "hyperparameters")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    shortened = sorted({t["loss"] for t in data.scored()[:top] if short_loss(t["loss"]) != t["loss"].removesuffix("Loss")})
-    if shortened:
-        console.print("  " + ", ".join(f"{short_loss(name)} = {name}" for name in shortened), highlight=False)
 
 
 # -- HTML
