@@ -227,9 +227,8 @@ def unfit_resources(cpus: float, gpus: float) -> dict[str, tuple[float, float]]:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
         return {}
-    most = {kind: max((r.get(kind, 0) for r in nodes), default=0) for kind in ("CPU", "GPU")}
-    short = {kind: (asked, most[kind]) for kind, asked in (("CPU", cpus), ("GPU", gpus)) if asked > most[kind]}
-    return short or {kind: (asked, most[kind]) for kind, asked in (("CPU", cpus), ("GPU", gpus))}  # no node has both
+    both = {kind: (asked, max((r.get(kind, 0) for r in nodes), default=0)) for kind, asked in (("CPU", cpus), ("GPU", gpus))}
+    return {kind: (asked, most) for kind, (asked, most) in both.items() if asked > most} or both  # or: no node has both
 
 
 def disconnect() -> None:

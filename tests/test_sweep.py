@@ -396,6 +396,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp
     assert_user_error(run_stune("sweep", cfg, "--dry-run", "--out", tmp_path / "run"), "--out", "--force")
     assert "exists: --force empties it" in run_stune("sweep", cfg, "--dry-run", "--out", tmp_path / "run", "--force").stdout
     assert (tmp_path / "run" / "mine.txt").read_text() == "mine"
+    assert_user_error(run_stune("sweep", cfg, "--dry-run", "--warm-start-from", tmp_path / "run", "--out", tmp_path / "run", "--force"),
+                      "--out", "holds --warm-start-from")
     assert_user_error(run_stune("sweep", cfg, "--dry-run", "--model", tmp_path / "nope"), "model", "not a local folder")
     assert_user_error(run_stune("sweep", cfg, "--dry-run", "--resume", "--out", tmp_path / "run"), "--dry-run", "--resume")
 

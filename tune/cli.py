@@ -201,10 +201,9 @@ def sweep(
             from trainers.data import load_splits
             from trainers.model import resolve_model_path
             from tune.plan import plan_lines
-            from trainers.config import input_paths
-            from tune.engine import check_run_dir
+            from tune.engine import check_run_dir, sweep_inputs
 
-            run_dir = check_run_dir(out, storage=storage, resume=False, force=force, inputs=input_paths(cfg))  # CONFIG: above
+            run_dir = check_run_dir(out, storage=storage, resume=False, force=force, inputs=sweep_inputs(cfg, warm_start_from))  # CONFIG: above
             where = run_dir.uri + (" (exists: --force empties it when the sweep starts)" if not run_dir.is_empty() else "")
             lines = plan_lines(cfg, load_splits(cfg), str(resolve_model_path(cfg.model)), out=where)
             typer.echo("\n".join(lines))

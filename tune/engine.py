@@ -43,6 +43,11 @@ class SweepError(StuneError):
     pass
 
 
+def sweep_inputs(config: SweepConfig, warm_start_from: str | None = None) -> dict[str, str | None]:
+    """What a sweep reads, by the key or flag that names it: no --out may hold one."""
+    return {**input_paths(config), "--warm-start-from": warm_start_from}
+
+
 def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool, inputs: dict[str, str | None] | None = None) -> RunDir:
     """Where the sweep would live; refuses to clobber a run, or a folder holding one of the
     sweep's ``inputs`` (even with ``force``), or to resume something that is not one. Changes nothing."""
@@ -85,8 +90,7 @@ def run_sweep(
     """``warm_start_from``: RUN_DIR of an earlier sweep whose finished trials seed the searcher;
     ``mlflow``: an MLflow tracking URI to log every trial's params and metrics to."""
     started = time.time()
-    inputs = {**input_paths(config), "--warm-start-from": warm_start_from}
-    run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force, inputs=inputs)
+    run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force, inputs=sweep_inputs(config, warm_start_from))
     created_here = not run_dir.exists()
     if resume and (warm_start_from or mlflow):
         raise SweepError("--resume continues a sweep as it was started; --warm-start-from and --mlflow apply to new sweeps only")
