@@ -137,3 +137,16 @@ def test_missing_file_and_unknown_type(tmp_path):
     (tmp_path / "d.xlsx").write_text("x")
     with pytest.raises(DataError, match="unsupported file type"):
         read_split(str(tmp_path / "d.xlsx"))
+
+
+def test_a_bad_row_is_named_where_the_user_finds_it(tmp_path):
+    """A spreadsheet row for CSV (header is row 1), a line for JSON lines, the 0-based index for Parquet."""
+
+    rows = [{"sentence1": "a", "sentence2": "b", "score": 0.5}, {"sentence1": "c", "sentence2": "", "score": 0.1}]
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="line 2, column 'sentence2' is empty"):
+        read_split(str(jsonl))
+    with pytest.raises(DataError, match="row index 1, column 'sentence2' is empty"):
+        read_split(str(tmp_path / "bad.parquet"))

@@ -148,23 +148,35 @@ def _pick_columns(table: pa.Table, mapping: dict[str, str], path: str) -> tuple[
     return "positive_pairs", cols
 
 
+def _where(path: str, index: int) -> str:
+    """Row ``index`` (0-based) as a user finds it: the row in a spreadsheet (its header is row 1),
+    the line of a JSON-lines file, or the index ``datasets``/pandas give a Parquet or datasets row."""
+    name = path.lower().removesuffix(".gz")
+    if name.endswith((".csv", ".tsv", ".txt")):
+        return f"row {index + 2}"
+    if name.endswith((".jsonl", ".json", ".ndjson")):
+        return f"line {index + 1}"
+    return f"row index {index}"
+
+
 def _texts(table: pa.Table, column: str, path: str) -> list[str]:
     values = table.column(column).to_pylist()
-    for row, value in enumerate(values, start=2):
+    for index, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
-            raise DataError(f"{path}: row {row}, column {column!r} is empty or not text; fill or drop that row")
+            raise DataError(f"{path}: {_where(path, index)}, column {column!r} is empty or not text; fill or drop that row")
     return values
 
 
 def _scores(table: pa.Table, column: str, path: str) -> list[float]:
     scores = []
-    for row, value in enumerate(table.column(column).to_pylist(), start=2):
+    for index, value in enumerate(table.column(column).to_pylist()):
+        row = _where(path, index)
         try:
             score = float(value)
         except (TypeError, ValueError):
-            raise DataError(f"{path}: row {row}, score column {column!r} holds {value!r}, not a number; fix or drop that row") from None
+            raise DataError(f"{path}: {row}, score column {column!r} holds {value!r}, not a number; fix or drop that row") from None
         if score != score or score in (float("inf"), float("-inf")):
-            raise DataError(f"{path}: row {row}, score column {column!r} is {value!r}; scores must be finite numbers")
+            raise DataError(f"{path}: {row}, score column {column!r} is {value!r}; scores must be finite numbers")
         scores.append(score)
     return scores
 
