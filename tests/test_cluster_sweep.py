@@ -101,6 +101,17 @@ def test_sweep_runs_trials_on_both_nodes_of_a_real_cluster_and_exports(sandbox, 
     assert export.returncode == 0, export.stderr[-3000:]
     assert_exported(tmp_path / "model", summary)
 
+    # A trial no node can hold waits on a cluster (an autoscaler may add a node) until the time
+    # budget ends the sweep: the summary says why nothing ran, and the sweep fails.
+    cfg = sweep_yaml(tmp_path / "gpu.yaml", tiny_model, scored_data, trials=2, gpus_per_trial=1)
+    waited = stune("sweep", cfg, "--address", address, "--out", tmp_path / "gpu-run", "--time-budget", "5s",
+                   env=sandbox.env, cwd=tmp_path)
+    assert waited.returncode == 1, waited.stdout + waited.stderr[-3000:]
+    assert "but the largest node has 0 GPU" in waited.stderr
+    assert "2 never started" in waited.stdout and "no trial started before the time budget ran out" in waited.stdout
+    assert "Failed to fetch metrics" not in waited.stderr  # Ray's noise about the same trials
+    assert json.loads((tmp_path / "gpu-run" / "summary.json").read_text())["counts"]["pending"] == 2
+
 
 # --------------------------------------------------------------------------- S3
 

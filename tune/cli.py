@@ -255,7 +255,15 @@ def _print_sweep_summary(summary: dict) -> None:
     console.print(f"trials: {describe_counts(counts)}  ({summary['wall_seconds']:.0f} s)")
     if best is None:
         console.print("[red]no trial finished an evaluation[/red]")
-        console.print(f"why each trial failed: stune report {summary['run_dir']}", highlight=False)
+        started = sum(n for status, n in counts.items() if status != "pending")
+        if counts["errored"]:
+            console.print(f"why each trial failed: stune report {summary['run_dir']}", highlight=False)
+        elif not started:  # they queued for resources until the time budget ended the sweep
+            console.print("no trial started before the time budget ran out: each waited for the CPUs/GPUs it asks; "
+                          "add them to the cluster, lower cpus_per_trial/gpus_per_trial, or lengthen --time-budget")
+        else:
+            console.print("the time budget ran out before a trial's first evaluation: lengthen --time-budget, "
+                          "or evaluate sooner (evaluations_per_trial, eval_steps)")
         raise typer.Exit(1)  # a sweep that found no model has failed, for scripts too
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["config"].items())
     interval = summary.get("best_interval_95")

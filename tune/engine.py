@@ -251,13 +251,14 @@ def run_sweep(
     else:
         if ctrl_c.interrupted:
             baseline.abandon()
-        else:  # no trial started (all pending): the model is scored now
-            baseline.start()
+        else:  # Scoring while Ray shuts down made Ray's core worker end the process (exit 1, no message).
+            baseline.wait_if_started()
     finally:
         disconnect()
         upload_study(force=True)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
         raise KeyboardInterrupt
+    baseline.start()  # no trial started (all pending): the model is scored now, with Ray down
     # Trials that fail at once (the model does not load for them either) can end the sweep before
     # the baseline has: its outcome decides what is left of the run dir.
     if baseline.failed(wait=True) and not resume:
@@ -297,6 +298,10 @@ class BackgroundBaseline:
 
     def start(self) -> None:
         self._started.set()
+
+    def wait_if_started(self) -> None:
+        if self._started.is_set():
+            futures_wait([self._future])
 
     def abandon(self) -> None:
         with self._publishing:  # one being published (sweep.json being written) finishes first

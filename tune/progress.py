@@ -59,11 +59,14 @@ def _short(value) -> str:
     return f"{number:.1e}" if abs(number) < 1e-2 else f"{number:.3g}"
 
 
-def describe_counts(counts: dict[str, int]) -> str:
-    """``3 completed, 3 stopped early, 2 stopped by the time budget, 0 errored`` (the time budget
-    only when it stopped any): the end-of-sweep and report headlines."""
+def describe_counts(counts: dict[str, int], *, ended: bool = True) -> str:
+    """``3 completed, 3 stopped early, 2 stopped by the time budget, 0 errored, 1 never started`` (the
+    last two only where there are any; "waiting" for a sweep that has not ended): the end-of-sweep and
+    report headlines."""
     out_of_time = f"{counts['out_of_time']} stopped by the time budget, " if counts.get("out_of_time") else ""
-    return f"{counts['completed']} completed, {counts['stopped_early']} stopped early, {out_of_time}{counts['errored']} errored"
+    never = f", {counts['pending']} {'never started' if ended else 'waiting'}" if counts.get("pending") else ""
+    return (f"{counts['completed']} completed, {counts['stopped_early']} stopped early, {out_of_time}"
+            f"{counts['errored']} errored{never}")
 
 
 def finite_number(value) -> float | None:
@@ -317,8 +320,10 @@ def quiet_ray() -> Iterator[None]:
 
     previous_env = os.environ.get("RAY_AIR_NEW_OUTPUT")
     # "ray": INFO lines; "ray.tune.utils.util": "... may be a performance bottleneck" warnings
-    # (an MLflow callback writing to SQLite takes ~0.5 s per result).
-    levels = {"ray": logging.WARNING, "ray.tune.utils.util": logging.ERROR}
+    # (an MLflow callback writing to SQLite takes ~0.5 s per result); "experiment_analysis": "Failed
+    # to fetch metrics" for each trial that never started, which stune's summary counts itself.
+    levels = {"ray": logging.WARNING, "ray.tune.utils.util": logging.ERROR,
+              "ray.tune.analysis.experiment_analysis": logging.ERROR}
     previous_levels = {name: logging.getLogger(name).level for name in levels}
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     for name, level in levels.items():

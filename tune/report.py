@@ -496,7 +496,7 @@ def headline(data: RunData) -> list[str]:
     planned = (data.sweep.get("config") or {}).get("trials")
     lines = [
         f"{data.run_dir.uri}: {data.state()}",
-        f"trials: {describe_counts(counts)}, {counts['running']} running" + (f" of {planned} planned" if planned else ""),
+        f"trials: {describe_counts(counts, ended=data.finished)}, {counts['running']} running" + (f" of {planned} planned" if planned else ""),
     ]
     scored = data.scored()
     if scored:
