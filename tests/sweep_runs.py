@@ -4,6 +4,8 @@ shared by test_report.py and test_progress.py: whichever module asks first runs 
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -32,13 +34,18 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def shared_cli_sweep(tmp_path_factory, model: str, data: dict):
-    """(run_dir, CompletedProcess) of ``stune sweep cfg.yaml --out RUN`` (6 trials, 12 steps)."""
+    """(run_dir, CompletedProcess) of ``stune sweep sweep.yaml --data data --model M --out run`` (6 trials,
+    12 steps), typed as a user would: in the sweep's folder, with paths relative to it."""
     key = str(tmp_path_factory.getbasetemp())
     if key not in _runs:
         root = tmp_path_factory.mktemp("shared-sweep")
-        cfg = write_config(root / "sweep.yaml", sweep_config(model, data))
+        (root / "data").mkdir()
+        for split, path in data.items():
+            shutil.copy(path, root / "data" / f"{split}.csv")
+        write_config(root / "sweep.yaml", {k: v for k, v in sweep_config(model, data).items() if k not in ("model", "data")})
         run_dir = root / "run"
-        proc = run_stune("sweep", cfg, "--out", run_dir, timeout=900)
+        proc = run_stune("sweep", "sweep.yaml", "--data", "data", "--model", os.path.relpath(model, root), "--out", "run",
+                         cwd=root, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         _runs[key] = (run_dir, proc)
     return _runs[key]

@@ -147,6 +147,19 @@ def test_report_works_on_a_running_or_interrupted_sweep(swept, tmp_path):
     assert result["data"].counts()["running"] == 2
 
 
+def test_a_sweep_typed_with_relative_paths_exports_from_any_directory(swept, tmp_path):
+    """The sweep ran in its folder with --data data --model <relative>; export runs elsewhere and still
+    scores the same eval and test files, and its recipe names them so that it trains from anywhere."""
+    import yaml
+
+    export = run_stune("export", swept, "--out", "model", cwd=tmp_path, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    recipe = yaml.safe_load((tmp_path / "model" / "stune_train.yaml").read_text())
+    for path in (recipe["model"], *recipe["data"].values()):
+        assert Path(path).is_absolute() and Path(path).exists(), recipe
+    assert Path(recipe["data"]["eval"]).parent == swept.parent / "data"
+
+
 def test_a_sweep_whose_trials_all_errored_says_why_in_report_and_export(swept, tmp_path):
     """The same run dir, rewritten as if every trial had errored (two reasons) and the sweep ended."""
     import csv

@@ -189,7 +189,9 @@ def parse_config(model: type[BaseModel], raw: dict[str, Any], source: str = "con
 
 def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The config file's keys with the command line's on top: ``train``/``eval``/``test`` go under
-    ``data:``, a None (flag not given) changes nothing."""
+    ``data:``, a None (flag not given) changes nothing. Paths still relative (typed on the command
+    line, or not next to the config) that exist in the working directory are made absolute: a run
+    dir records them, and ``export`` or ``--resume`` from another directory must find the same files."""
     for key, value in overrides.items():
         if value is None:
             continue
@@ -197,7 +199,7 @@ def with_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
             raw.setdefault("data", {})[key] = value
         else:
             raw[key] = value
-    return raw
+    return _resolve_paths(raw, Path.cwd())
 
 
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
