@@ -167,6 +167,8 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
                                                     ["--out", "holds the sweep", "choose another --out"], files=fake_run),
         "export --force into its run dir's best/": Case(["export", "{case}/run", "--out", "{case}/run/best", "--force"],
                                                         ["inside the sweep's run dir"], files=fake_run),
+        "train given a sweep config": Case(["train", "{cfg}", "--out", "{out}"], ["scheduler, trials are sweep keys", "stune sweep"],
+                                            cfg()),
         "train --force over the folder of its data": Case(
             ["train", "--data", "{case}/d", "--model", model, "--out", "{case}/d", "--force"], ["holds data.train", "choose another --out"],
             files={f"d/{split}.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS) for split in ("train", "eval")}),

@@ -98,6 +98,7 @@ def train(
 
         # No config: the demo run on the embedded data, sized for a few minutes on 2 CPU cores.
         demo = {} if config else {"max_steps": DEFAULT_TRAIN_STEPS, "eval_steps": DEFAULT_TRAIN_STEPS // 2}
+        _refuse_sweep_keys(config)
         cfg = load_train_config(config, **demo, model=model, seed=seed, **(_data_folder(data) if data else {}))
         out = out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         refuse_out_holding_inputs(out, {"CONFIG": config, **input_paths(cfg)})  # before any warning
@@ -113,6 +114,19 @@ def train(
 
         result = train_to_dir(cfg, out, splits=splits, force=force, verbose=verbose)
     _print_train_result(result, out)
+
+
+def _refuse_sweep_keys(config: Path | None) -> None:
+    """A sweep config given to `stune train`: say so, rather than "unknown key 'trials'"."""
+    from trainers.config import TrainConfig, read_yaml
+    from trainers.errors import ConfigError
+    from tune.config import SweepConfig
+
+    sweep_keys = [k for k in read_yaml(config) if k in SweepConfig.model_fields and k not in TrainConfig.model_fields]
+    if sweep_keys:
+        keys = ", ".join(sweep_keys)
+        raise ConfigError(f"{config}: {keys} {'are sweep keys' if len(sweep_keys) > 1 else 'is a sweep key'}; "
+                          f"run it with `stune sweep {config}`, or drop {keys} to train one model")
 
 
 def _print_train_result(result, out: Path) -> None:
