@@ -70,7 +70,10 @@ def test_aws_launcher_config():
     gpu = cfg["available_node_types"]["ray.worker.gpu"]
     assert gpu["node_config"]["InstanceType"].startswith("g5.")
     assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1
-    assert any("pip install" in c and "stune" in c for c in cfg["setup_commands"])
+    # stune's own wheel and pins, mounted from the checkout's dist/ (stune is not on PyPI)
+    assert cfg["file_mounts"]["~/stune-dist"] == "./dist"
+    assert any("pip install -c ~/stune-dist/constraints.txt ~/stune-dist/stune-*.whl" in c for c in cfg["setup_commands"])
+    assert "pip wheel --no-deps -w dist . && cp constraints.txt dist/" in text
     assert all("RAY_AUTH_MODE=token" in " ".join(cfg[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
     assert "~/.ray/auth_token" in cfg["file_mounts"]
     assert "stune sweep" in text and "--address auto" in text and "--storage s3://" in text
@@ -92,7 +95,12 @@ def test_kuberay_config():
     assert job["spec"]["clusterSelector"]["ray.io/cluster"] == rc["metadata"]["name"]
     entry = job["spec"]["entrypoint"]
     assert entry.startswith("stune sweep") and "--address auto" in entry and "--storage s3://" in entry
-    assert "stune" in yaml.safe_load(job["spec"]["runtimeEnvYAML"])["pip"]
+    # Both groups run the image cluster/Dockerfile builds: the same Ray, plus stune's wheel and pins.
+    images = {rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"], container["image"]}
+    assert images == {"MY-REGISTRY/stune:0.1.0"} and "runtimeEnvYAML" not in job["spec"]
+    dockerfile = (CONFIGS.parent / "Dockerfile").read_text()
+    assert "FROM rayproject/ray:2.60.0-py311-gpu" in dockerfile and "docker build -f cluster/Dockerfile" in text
+    assert "pip install --no-cache-dir -c /tmp/stune-dist/constraints.txt /tmp/stune-dist/stune-*.whl" in dockerfile
     assert "gpus_per_trial: 0.25" in text and "gpus_per_trial: 1" in text
 
 
@@ -104,6 +112,7 @@ def test_slurm_sbatch():
     assert "ray start --head" in text and "ray start --address" in text and "srun" in text
     assert "stune sweep" in text and "--storage" in text and "--address" in text
     assert "RAY_AUTH_MODE=token" in text
+    assert "pip install -c constraints.txt dist/stune-*.whl" in text
     assert "gpus_per_trial: 0.25" in text and "gpus_per_trial: 1" in text
 
 
