@@ -90,6 +90,10 @@ def run_sweep(
     """``warm_start_from``: RUN_DIR of an earlier sweep whose finished trials seed the searcher;
     ``mlflow``: an MLflow tracking URI to log every trial's params and metrics to."""
     started = time.time()
+    if mlflow:
+        from tune.exporter import absolute_mlflow_uri
+
+        mlflow = absolute_mlflow_uri(mlflow)
     run_dir = prepare_run_dir(out, storage=storage, resume=resume, force=force, inputs=sweep_inputs(config, warm_start_from))
     created_here = not run_dir.exists()
     if resume and (warm_start_from or mlflow):
@@ -442,6 +446,10 @@ def _mlflow_callbacks(uri: str | None, run_dir: RunDir) -> list:
         import mlflow  # noqa: F401
     except ImportError:
         raise SweepError("--mlflow needs MLflow: pip install 'stune[mlflow]'") from None
+    from tune.exporter import mlflow_problem
+
+    if problem := mlflow_problem(uri):
+        raise SweepError(problem)
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=run_dir.name, tags={"stune_run_dir": run_dir.uri}, save_artifact=False)]

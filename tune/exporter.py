@@ -41,9 +41,9 @@ def load_run(uri: str) -> tuple[RunDir, SweepConfig, dict[str, Any], dict[str, A
 def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str | None = None) -> dict[str, Any]:
     """``mlflow``: tracking URI to log the exported model to (default: the sweep's ``--mlflow``)."""
     run_dir, config, sweep, best = load_run(uri)
-    mlflow = mlflow or sweep.get("mlflow")
+    mlflow = absolute_mlflow_uri(mlflow) if mlflow else sweep.get("mlflow")
     if mlflow:
-        _require_mlflow()
+        _require_mlflow(mlflow)
     out = Path(out)
     refuse_out_holding_inputs(out, {"the sweep": run_dir.path if run_dir.is_local else None, **input_paths(config)})
     if run_dir.is_local and Path(run_dir.path).resolve() in out.resolve().parents:
@@ -104,11 +104,42 @@ def score_base_model(config: SweepConfig, splits: dict[str, Any]) -> dict[str, d
     return {name: evaluate(model, split, name) for name, split in splits.items() if split is not None}
 
 
-def _require_mlflow() -> None:
+def _require_mlflow(uri: str) -> None:
     try:
         import mlflow  # noqa: F401
     except ImportError:
         raise ExportError("logging the export to MLflow needs MLflow: pip install 'stune[mlflow]'") from None
+    if problem := mlflow_problem(uri):
+        raise ExportError(problem)
+
+
+def absolute_mlflow_uri(uri: str) -> str:
+    """``sqlite:///mlflow.db`` names a file in the working directory: made absolute, so that the
+    sweep's trials and a later ``stune export`` from elsewhere log to the same store."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/") and uri[len(prefix):] not in ("", ":memory:"):
+        return prefix + os.path.abspath(uri[len(prefix):])
+    return uri
+
+
+def mlflow_problem(uri: str) -> str | None:
+    """Why MLflow cannot log to ``uri`` (one line), or None: asked before anything is run or written,
+    one request without retries (MLflow's client retries an unreachable server for minutes)."""
+    import mlflow
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure means the sweep could not log there
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first.split(". ")[0] if len(first) > 200 else first
+        return (f"--mlflow {uri}: MLflow cannot log there ({first}); give a tracking server's http(s) URL "
+                f"or a local database such as sqlite:///mlflow.db")
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    return None
 
 
 def log_to_mlflow(uri: str, run_dir: RunDir, model_dir: Path, best: dict, scores: dict) -> str:
