@@ -171,6 +171,11 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
         "--mlflow folder store": Case([*sweep, "--mlflow", "file://{case}/mlruns"], ["--mlflow", "cannot log there", "sqlite:///"], cfg()),
         "--mlflow server not listening": Case([*sweep, "--mlflow", "http://127.0.0.1:9"], ["--mlflow", "cannot log there", "Connection refused"],
                                               cfg()),
+        "sweep --force with --storage over the folder of its data": Case(
+            ["sweep", "{cfg}", "--storage", "{case}", "--out", "d", "--force"], ["holds data.train", "choose another --out"],
+            cfg(data={**data, "train": "{case}/d/train.csv"}), {"d/train.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS)}),
+        "--out a path with --storage": Case(["sweep", "{cfg}", "--storage", "{case}/store", "--out", "{case}/x"],
+                                            ["with --storage", "give --out just the name", "--out x"], cfg()),
         "train given a sweep config": Case(["train", "{cfg}", "--out", "{out}"], ["scheduler, trials are sweep keys", "stune sweep"],
                                             cfg()),
         "train --force over the folder of its data": Case(

@@ -208,9 +208,16 @@ def sweep(
         cfg = load_sweep_config(config, model=model, trials=trials, seed=seed, time_budget=time_budget, **splits)
         from tune.engine import default_run_dir, run_sweep
 
+        if storage and out and os.path.normpath(out) != os.path.basename(os.path.normpath(out)):
+            raise ConfigError(f"--out {out}: with --storage the run dir is {storage.rstrip('/')}/<name>; "
+                              f"give --out just the name, e.g. --out {os.path.basename(os.path.normpath(out))}")
         out = out or default_run_dir()
-        if not resume and not storage:
-            refuse_out_holding_inputs(out, {"CONFIG": config})
+        if not resume:
+            from tune.engine import run_dir_uri
+            from tune.rundir import RunDir
+
+            if (where := RunDir.open(run_dir_uri(out, storage))).is_local:
+                refuse_out_holding_inputs(where.path, {"CONFIG": config})
         if dry_run:
             from trainers.data import load_splits
             from trainers.model import resolve_model_path

@@ -48,16 +48,22 @@ def sweep_inputs(config: SweepConfig, warm_start_from: str | None = None) -> dic
     return {**input_paths(config), "--warm-start-from": warm_start_from}
 
 
+def run_dir_uri(out: str, storage: str | None) -> str:
+    """``--out``, or with ``--storage`` the folder of that name under it."""
+    if not storage:
+        return out
+    from cluster.storage import join, resolve_storage
+
+    return join(resolve_storage(storage), os.path.basename(os.path.normpath(out)))
+
+
 def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool, inputs: dict[str, str | None] | None = None) -> RunDir:
     """Where the sweep would live; refuses to clobber a run, or a folder holding one of the
     sweep's ``inputs`` (even with ``force``), or to resume something that is not one. Changes nothing."""
-    if not resume and not storage:
-        refuse_out_holding_inputs(out, inputs or {})
-    if storage:
-        from cluster.storage import join, resolve_storage
-
-        out = join(resolve_storage(storage), os.path.basename(os.path.normpath(out)))
+    out = run_dir_uri(out, storage)
     run_dir = RunDir.open(out)
+    if not resume and run_dir.is_local:  # --storage /shared/runs is a local folder too
+        refuse_out_holding_inputs(run_dir.path, inputs or {})
     if resume:
         if not run_dir.has_sweep():
             raise SweepError(f"--resume: {out} holds no stune sweep; pass the RUN_DIR of an earlier 'stune sweep'")

@@ -101,12 +101,9 @@ def resume_hint(out: str, storage: str | None = None) -> str:
     try:
         from tune.rundir import RunDir
 
-        uri = out  # resolved as prepare_run_dir does
-        if storage:
-            from cluster.storage import join, resolve_storage
+        from tune.engine import run_dir_uri
 
-            uri = join(resolve_storage(storage), os.path.basename(os.path.normpath(out)))
-        run_dir = RunDir.open(uri)
+        run_dir = RunDir.open(run_dir_uri(out, storage))
         resumable = run_dir.has_sweep()
         empty = run_dir.is_empty()
     except Exception:  # noqa: BLE001 - a hint must never fail; assume the usual case
