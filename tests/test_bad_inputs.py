@@ -167,6 +167,9 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
                                                     ["--out", "holds the sweep", "choose another --out"], files=fake_run),
         "export --force into its run dir's best/": Case(["export", "{case}/run", "--out", "{case}/run/best", "--force"],
                                                         ["inside the sweep's run dir"], files=fake_run),
+        "report over a file no report wrote": Case(["report", "{case}/run", "--out", "{case}/mine"],
+                                                   ["--out", "already holds report.html", "--force"],
+                                                   files={**fake_run, "mine/report.html": "my own page"}),
         # MLflow 3 refuses a folder store; a server that is not there is asked once, not for minutes
         "--mlflow folder store": Case([*sweep, "--mlflow", "file://{case}/mlruns"], ["--mlflow", "cannot log there", "sqlite:///"], cfg()),
         "--mlflow server not listening": Case([*sweep, "--mlflow", "http://127.0.0.1:9"], ["--mlflow", "cannot log there", "Connection refused"],

@@ -240,3 +240,19 @@ def test_export_card_embeds_the_key_plots_and_top_trials(swept, tmp_path):
         path = f"stune_report/{name}.png"
         assert f"![{PLOTS[name]}]({path})" in card
         assert (out / path).read_bytes().startswith(PNG)
+
+
+def test_report_replaces_its_own_files_and_a_users_only_with_force(swept, tmp_path):
+    from tune.report import ReportError, write_report
+
+    out = tmp_path / "out"
+    write_report(str(swept), out)
+    write_report(str(swept), out)  # an earlier report's files: replaced without asking
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "overview.png").write_bytes(b"my own picture")
+    with pytest.raises(ReportError, match="already holds overview.png"):
+        write_report(str(swept), mine)
+    assert (mine / "overview.png").read_bytes() == b"my own picture" and not (mine / "report.html").exists()
+    write_report(str(swept), mine, force=True)
+    assert (mine / "overview.png").read_bytes().startswith(PNG)

@@ -331,6 +331,7 @@ def report(
     run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="Run directory of a sweep (local path or URI), finished, running or interrupted."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for report.html and the PNGs (default RUN_DIR/report)."),
     top: int = typer.Option(10, "--top", metavar="N", min=1, help="Trials in the top-trials tables."),
+    force: bool = typer.Option(False, "--force", help="Replace files of the report's names in --out that no stune report wrote."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Top trials in the terminal; an offline HTML report and PNG plots of the sweep."""
@@ -338,7 +339,7 @@ def report(
     with _UserErrors():
         from tune.report import print_table, write_report
 
-        result = write_report(run_dir, out, top=top)
+        result = write_report(run_dir, out, top=top, force=force)
     print_table(result["data"], top=top)
     for plot, why in result["placeholders"].items():
         typer.echo(f"{plot}.png: not drawn yet ({why})", err=True)

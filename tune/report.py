@@ -613,11 +613,16 @@ def default_out(uri: str) -> str:
     return run_dir.join("report") if run_dir.is_local else os.path.abspath(f"{run_dir.name}-report")
 
 
-def write_report(uri: str, out: str | os.PathLike | None = None, *, top: int = 10) -> dict[str, Any]:
+def write_report(uri: str, out: str | os.PathLike | None = None, *, top: int = 10, force: bool = False) -> dict[str, Any]:
     """Write ``report.html`` and one PNG per plot into ``out`` (default ``RUN_DIR/report``);
-    returns the loaded data, the file paths and the plots that are placeholders."""
+    returns the loaded data, the file paths and the plots that are placeholders. A file of those
+    names that an earlier report did not write is replaced only with ``force``."""
     data = load(uri)
     out = Path(out or default_out(uri))
+    names = [REPORT_HTML, OVERVIEW, *(f"{plot}.png" for plot in PLOTS)]
+    if not force and (theirs := [n for n in names if (out / n).exists()]) and not _is_stune_report(out / REPORT_HTML):
+        raise ReportError(f"--out {out} already holds {theirs[0]}, which no stune report wrote; "
+                          "pass --force to replace it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     pngs, notes = render_plots(data)
     files = {}
@@ -626,6 +631,14 @@ def write_report(uri: str, out: str | os.PathLike | None = None, *, top: int = 1
     files["overview"] = str(_write_atomic(out / OVERVIEW, overview_png(data, pngs)))
     files["html"] = str(_write_atomic(out / REPORT_HTML, render_html(data, pngs, notes, top).encode()))
     return {"data": data, "out": str(out), "files": files, "placeholders": notes}
+
+
+def _is_stune_report(html: Path) -> bool:
+    try:
+        with open(html, "rb") as fh:
+            return b"<title>stune report: " in fh.read(4096)
+    except OSError:
+        return False
 
 
 def _write_atomic(path: Path, payload: bytes) -> Path:
