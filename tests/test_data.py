@@ -150,3 +150,21 @@ def test_a_bad_row_is_named_where_the_user_finds_it(tmp_path):
         read_split(str(jsonl))
     with pytest.raises(DataError, match="row index 1, column 'sentence2' is empty"):
         read_split(str(tmp_path / "bad.parquet"))
+
+
+def test_spreadsheet_exports_read_as_written(tmp_path):
+    """A gzipped CSV, a spreadsheet's semicolon-separated CSV with decimal commas, and a CSV with a
+    byte-order mark (Excel's "CSV UTF-8") all read as the plain CSV does."""
+    import gzip
+
+    rows = scored_pairs(12, seed=4)
+    plain = read_split(str(write_csv(tmp_path / "plain.csv", ["sentence1", "sentence2", "score"], rows)))
+    text = (tmp_path / "plain.csv").read_text()
+    (tmp_path / "zipped.csv.gz").write_bytes(gzip.compress(text.encode()))
+    semicolons = "sentence1;sentence2;score\n" + "".join(f"{a};{b};{str(s).replace('.', ',')}\n" for a, b, s in rows)
+    (tmp_path / "semicolons.csv").write_text(semicolons)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    for name in ("zipped.csv.gz", "semicolons.csv", "bom.csv"):
+        split = read_split(str(tmp_path / name))
+        assert split.source_shape == "scored_pairs", name
+        assert split.pairs == plain.pairs, name

@@ -72,12 +72,13 @@ def read_table(path: str) -> pa.Table:
         if suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz"):
             import pyarrow.csv as pacsv
 
-            delimiter = "\t" if ".tsv" in suffix else ","
+            header_line = _first_line(p)
+            delimiter = "\t" if ".tsv" in suffix else ";" if ";" in header_line and "," not in header_line else ","
             # Keep every column a string: scores are parsed below with messages that name the row.
             return pacsv.read_csv(
                 p,
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=_all_strings(p, delimiter)),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=_all_strings(header_line, delimiter)),
             )
         if suffix in (".jsonl", ".json", ".ndjson"):
             import pyarrow.json as pajson
@@ -95,15 +96,24 @@ def read_table(path: str) -> pa.Table:
     raise DataError(f"{path}: unsupported file type {p.suffix!r}; use .csv, .tsv, .jsonl, .parquet or a datasets folder")
 
 
-def _all_strings(path: Path, delimiter: str) -> dict[str, pa.DataType]:
-    import csv
+def _first_line(path: Path) -> str:
+    """The header line of a CSV/TSV file, gzipped or not (a spreadsheet's byte-order mark dropped)."""
+    import gzip
 
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh, delimiter=delimiter), [])
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
+            return fh.readline()
     except UnicodeDecodeError:
         raise DataError(f"{path}: is not UTF-8 text; re-save it as UTF-8") from None
-    return {name: pa.string() for name in header}
+
+
+def _all_strings(header_line: str, delimiter: str) -> dict[str, pa.DataType]:
+    """Every column read as text (semicolon-separated: what spreadsheets save in many locales)."""
+    import csv
+
+    header = next(csv.reader([header_line], delimiter=delimiter), [])
+    return {name.strip("\r\n"): pa.string() for name in header}
 
 
 def _pick_columns(table: pa.Table, mapping: dict[str, str], path: str) -> tuple[str, dict[str, str]]:
@@ -171,6 +181,8 @@ def _scores(table: pa.Table, column: str, path: str) -> list[float]:
     scores = []
     for index, value in enumerate(table.column(column).to_pylist()):
         row = _where(path, index)
+        if isinstance(value, str) and "," in value and "." not in value:
+            value = value.replace(",", ".", 1)  # a decimal comma, as spreadsheets in many locales write it
         try:
             score = float(value)
         except (TypeError, ValueError):
