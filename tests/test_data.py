@@ -168,3 +168,18 @@ def test_spreadsheet_exports_read_as_written(tmp_path):
         split = read_split(str(tmp_path / name))
         assert split.source_shape == "scored_pairs", name
         assert split.pairs == plain.pairs, name
+
+
+def test_a_json_document_reads_as_json_lines_do(tmp_path):
+    """A .json file may hold a list of rows or a mapping of columns (pandas' and datasets' exports),
+    besides one object per line."""
+    rows = [{"sentence1": a, "sentence2": b, "score": s} for a, b, s in scored_pairs(12, seed=4)]
+    (tmp_path / "lines.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "rows.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "columns.json").write_text(json.dumps({key: [row[key] for row in rows] for key in rows[0]}))
+    expected = read_split(str(tmp_path / "lines.json")).pairs
+    assert read_split(str(tmp_path / "rows.json")).pairs == expected
+    assert read_split(str(tmp_path / "columns.json")).pairs == expected
+    (tmp_path / "numbers.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="a JSON list of something other than rows"):
+        read_split(str(tmp_path / "numbers.json"))

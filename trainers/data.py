@@ -80,6 +80,8 @@ def read_table(path: str) -> pa.Table:
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=_all_strings(header_line, delimiter)),
             )
+        if suffix == ".json" and (document := _json_document(p)) is not None:
+            return document
         if suffix in (".jsonl", ".json", ".ndjson"):
             import pyarrow.json as pajson
 
@@ -94,6 +96,27 @@ def read_table(path: str) -> pa.Table:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot be read ({first}); save it as UTF-8 CSV/TSV/JSONL/Parquet") from None
     raise DataError(f"{path}: unsupported file type {p.suffix!r}; use .csv, .tsv, .jsonl, .parquet or a datasets folder")
+
+
+def _json_document(path: Path) -> pa.Table | None:
+    """A .json file holding one document: a list of rows, or columns of equal length. None for JSON
+    lines (one object per line), which pyarrow reads."""
+    import json
+
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.lstrip().startswith("["):
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            return None  # several objects: JSON lines
+        if not (isinstance(document, dict) and document and all(isinstance(col, list) for col in document.values())):
+            return None  # one object: a one-row JSON-lines file
+        return pa.table(document)
+    document = json.loads(text)
+    if all(isinstance(row, dict) for row in document):
+        return pa.Table.from_pylist(document)
+    raise DataError(f"{path}: a JSON list of something other than rows; give rows like "
+                    '[{"sentence1": ..., "sentence2": ..., "score": ...}] or one JSON object per line')
 
 
 def _first_line(path: Path) -> str:
