@@ -183,3 +183,13 @@ def test_a_json_document_reads_as_json_lines_do(tmp_path):
     (tmp_path / "numbers.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="a JSON list of something other than rows"):
         read_split(str(tmp_path / "numbers.json"))
+
+
+def test_three_unnamed_text_columns_are_triplets(tmp_path):
+    """As sentence-transformers reads them: (anchor, positive, negative) by position, when the third
+    column holds text; a numeric third column stays the score."""
+    triplets = triplets_from(scored_pairs(60, seed=2))
+    split = read_split(str(write_csv(tmp_path / "t.csv", ["q", "p", "n"], triplets)))
+    assert split.source_shape == "triplets" and split.triplets == [tuple(t) for t in triplets]
+    scored = read_split(str(write_csv(tmp_path / "s.csv", ["a", "b", "c"], scored_pairs(10, seed=2))))
+    assert scored.source_shape == "scored_pairs"

@@ -162,10 +162,11 @@ def _pick_columns(table: pa.Table, mapping: dict[str, str], path: str) -> tuple[
         return "triplets", {"anchor": anchor, "positive": positive, "negative": negative}
     s1 = find("sentence1", set()) or anchor
     s2 = find("sentence2", {s1}) or (positive if positive != s1 else None)
+    positional = False
     if not s1 or not s2 or s1 == s2:
         if len(names) >= 2 and not mapping:
             # Unnamed columns: by position, like sentence-transformers does.
-            s1, s2 = names[0], names[1]
+            s1, s2, positional = names[0], names[1], True
         else:
             raise DataError(
                 f"{path}: cannot find two text columns (columns: {', '.join(names)}); "
@@ -174,11 +175,25 @@ def _pick_columns(table: pa.Table, mapping: dict[str, str], path: str) -> tuple[
     cols = {"sentence1": s1, "sentence2": s2}
     score = find("score", {s1, s2})
     if score is None and len(names) >= 3 and not mapping and names[2] not in (s1, s2):
+        if positional and not _looks_numeric(table.column(names[2])):
+            # Three unnamed text columns: (anchor, positive, negative), as sentence-transformers reads them.
+            return "triplets", {"anchor": names[0], "positive": names[1], "negative": names[2]}
         score = names[2]
     if score is not None:
         cols["score"] = score
         return "scored_pairs", cols
     return "positive_pairs", cols
+
+
+def _looks_numeric(column) -> bool:
+    """Whether a column's first values are numbers (a score), not text."""
+    for value in column.slice(0, 20).to_pylist():
+        if isinstance(value, str):
+            try:
+                float(value.replace(",", ".", 1))
+            except ValueError:
+                return False
+    return True
 
 
 def _where(path: str, index: int) -> str:
