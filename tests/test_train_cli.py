@@ -44,7 +44,8 @@ def test_model_data_and_seed_flags_override_the_config(tiny_model, scored_data, 
     # the config names neither model nor data: without the flags this would train the bundled MiniLM
     cfg = write_config(tmp_path / "c.yaml", max_steps=4, eval_steps=2, per_device_train_batch_size=8, seed=1)
     folder = Path(scored_data["train"]).parent
-    proc = run_stune("train", cfg, "--model", tiny_model, "--data", folder, "--seed", "7", "--out", tmp_path / "out")
+    (tmp_path / "out").mkdir()  # and --out . in an empty folder: the shell's working directory stays valid
+    proc = run_stune("train", cfg, "--model", tiny_model, "--data", folder, "--seed", "7", "--out", ".", cwd=tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["model"] == str(tiny_model)

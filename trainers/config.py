@@ -7,6 +7,7 @@ its own parameters, ``data`` the splits. The sweep config (``tune.config``) exte
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +121,27 @@ def refuse_out_holding_inputs(out: str | Path, inputs: dict[str, str | Path | No
     for what, path in inputs.items():
         if path and "://" not in str(path) and (target == Path(path).resolve() or target in Path(path).resolve().parents):
             raise ConfigError(f"{flag} {out} holds {what} ({path}); writing there would delete it, so choose another {flag}")
+
+
+def move_into_place(work: Path, out: Path) -> None:
+    """Put the finished folder ``work`` at ``out`` (absolute), replacing what was there: a rename
+    of the old folder aside and the new one in, or, where ``out`` is the working directory
+    (``--out .``), emptied and filled, so that the user's shell stays in a folder that exists."""
+    import shutil
+
+    if not out.exists():
+        os.replace(work, out)
+    elif out.resolve() == Path.cwd().resolve():
+        for old in out.iterdir():
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        for new in work.iterdir():
+            os.replace(new, out / new.name)
+        work.rmdir()
+    else:
+        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, aside)
+        os.replace(work, out)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:

@@ -19,7 +19,7 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
-from trainers.config import TrainConfig, input_paths, refuse_out_holding_inputs
+from trainers.config import TrainConfig, input_paths, move_into_place, refuse_out_holding_inputs
 from trainers.data import Splits, adapt, load_splits
 from trainers.errors import StuneError, TrainingError
 from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, selection_key, short_metrics
@@ -334,7 +334,7 @@ def train_to_dir(config: TrainConfig, out: str | Path, *, splits: Splits | None 
     Work happens in a sibling temp folder renamed into place at the end, so a failed or
     interrupted run leaves ``out`` as it was.
     """
-    out = Path(out)
+    out = Path(out).absolute()  # `--out .` has no name to put a sibling temp folder beside
     refuse_out_holding_inputs(out, input_paths(config))
     if out.exists() and any(out.iterdir()) and not force:
         raise StuneError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
@@ -357,7 +357,5 @@ def train_to_dir(config: TrainConfig, out: str | Path, *, splits: Splits | None 
     finally:
         logging.getLogger("stune").removeHandler(handler)
         handler.close()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+    move_into_place(work, out)
     return result

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainers.config import DEFAULT_DATA_DIR, input_paths, refuse_out_holding_inputs
+from trainers.config import DEFAULT_DATA_DIR, input_paths, move_into_place, refuse_out_holding_inputs
 from trainers.errors import StuneError
 from tune.config import SweepConfig
 from tune.recorder import BEST_JSON
@@ -44,7 +44,7 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     mlflow = absolute_mlflow_uri(mlflow) if mlflow else sweep.get("mlflow")
     if mlflow:
         _require_mlflow(mlflow)
-    out = Path(out)
+    out = Path(out).absolute()  # `--out .` has no name to put a sibling staging folder beside
     refuse_out_holding_inputs(out, {"the sweep": run_dir.path if run_dir.is_local else None, **input_paths(config)})
     if run_dir.is_local and Path(run_dir.path).resolve() in out.resolve().parents:
         raise ExportError(f"--out {out} is inside the sweep's run dir {run_dir.path}, which stune manages; choose another --out")
@@ -85,7 +85,7 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
         plots = card_plots(uri, model_dir)
         (model_dir / "README.md").write_text(model_card(config, sweep, best, scores, trials, summary, plots=plots, pairs=pairs))
         (model_dir / RECIPE).write_text(recipe_yaml(winner_recipe(config, best, trials), uri, best))
-        _swap_into_place(model_dir, out)
+        move_into_place(model_dir, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result = {"out": str(out), "best": best, "baseline": baseline, "scores": scores}
@@ -164,16 +164,6 @@ def log_to_mlflow(uri: str, run_dir: RunDir, model_dir: Path, best: dict, scores
         raise
     client.set_terminated(run_id)
     return run_id
-
-
-def _swap_into_place(src: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(src, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, out)
 
 
 def top_trials(trials: list[dict[str, str]], n: int = 10) -> list[dict[str, str]]:
