@@ -282,6 +282,23 @@ def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
     assert "| test" not in card and "No held-out test split was given" in card, card
 
 
+def test_a_trial_with_eval_steps_runs_all_its_steps_under_asha(tiny_model, scored_data, tmp_path):
+    """ASHA stops a trial at its max_t evaluations: with eval_steps set, that is max_steps / eval_steps
+    (it was evaluations_per_trial, so every trial ended at its 3rd of 6 evaluations, 'stopped early')."""
+    from tune.engine import run_sweep
+
+    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=1, max_steps=12, eval_steps=2,
+                                                    scheduler="asha"))
+    assert (config.evaluations, config.grace_period) == (6, 3)
+    summary = run_sweep(config, str(tmp_path / "run"))
+    (trial,) = read_trials(tmp_path / "run")
+    assert (trial["status"], trial["steps"], trial["total_steps"]) == ("completed", "12", "12"), trial
+    assert summary["counts"]["completed"] == 1
+    # where the steps are the trial's own (epochs), no evaluation count is fixed: ASHA never ends a trial at max_t
+    assert SweepConfig.model_validate({"num_train_epochs": 2, "eval_steps": 5}).evaluations is None
+    assert SweepConfig.model_validate({"max_steps": 2, "evaluations_per_trial": 5}).evaluations == 2
+
+
 def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
     from tune.engine import run_sweep
 

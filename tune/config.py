@@ -16,6 +16,7 @@ Everything is checked here, before Ray or torch is imported.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any, Literal, Union
 
@@ -201,9 +202,21 @@ class SweepConfig(TrainConfig):
         return self.startup_trials or max(2, min(10, self.trials // 4))
 
     @property
+    def evaluations(self) -> int | None:
+        """How many times a trial is evaluated (ASHA's rungs count these): ``evaluations_per_trial``,
+        fewer if the trial has fewer steps; with ``eval_steps``, steps / eval_steps, or None where the
+        steps depend on the trial (epochs, or a searched length)."""
+        searched = set(self.search.model_extra or {})
+        steps = self.max_steps if self.max_steps and not {"max_steps", "num_train_epochs"} & searched else None
+        if self.eval_steps is None:
+            return math.ceil(steps / math.ceil(steps / self.evaluations_per_trial)) if steps else self.evaluations_per_trial
+        return math.ceil(steps / self.eval_steps) if steps else None
+
+    @property
     def grace_period(self) -> int:
         """ASHA's grace period in evaluations: the config's, or half the trial's evaluations."""
-        return min(self.asha.grace_period or max(1, self.evaluations_per_trial // 2), self.evaluations_per_trial)
+        evaluations = self.evaluations or self.evaluations_per_trial
+        return min(self.asha.grace_period or max(1, evaluations // 2), evaluations)
 
     @model_validator(mode="before")
     @classmethod

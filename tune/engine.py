@@ -470,7 +470,9 @@ def _scheduler(config: SweepConfig):
         metric=BEST_OBJECTIVE,
         mode="max",
         time_attr="training_iteration",  # one iteration = one evaluation
-        max_t=config.evaluations_per_trial,
+        # A trial that reaches max_t is stopped: it must be the trial's last evaluation (or, where
+        # that is only known to the trial, beyond any).
+        max_t=config.evaluations or 10**6,
         grace_period=config.grace_period,
         reduction_factor=config.asha.reduction_factor,
     )

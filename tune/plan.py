@@ -27,6 +27,8 @@ def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> lis
     startup = f" ({config.random_startup_trials} random trials first)" if config.searcher != "random" else ""
     scheduler = (f"asha (a trial may be stopped after {config.grace_period} of its evaluations; "
                  f"the top 1/{config.asha.reduction_factor:g} go on at each rung)" if config.scheduler == "asha" else "none")
+    evaluations = (f"an evaluation every {config.eval_steps} steps" if config.evaluations is None else
+                   f"{config.evaluations} evaluation{'s' if config.evaluations > 1 else ''}")
     lines = [
         "sweep plan (--dry-run: nothing is run or written)",
         f"  run dir:   {out}",
@@ -34,7 +36,7 @@ def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> lis
         f"  data:      {data}",
         f"  trials:    {config.trials}, {config.max_concurrent_trials} at a time, each on {config.cpus_per_trial:g} CPU "
         f"and {gpus}{budget}",
-        f"  per trial: {trial_length(config, space)}, {config.evaluations_per_trial} evaluations of eval spearman_cosine, "
+        f"  per trial: {trial_length(config, space)}, {evaluations} of eval spearman_cosine, "
         f"a checkpoint at each",
         f"  searcher:  {config.searcher}{startup}; scheduler: {scheduler}",
     ]
