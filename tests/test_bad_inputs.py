@@ -179,6 +179,13 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
             cfg(data={**data, "train": "{case}/d/train.csv"}), {"d/train.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS)}),
         "--out a path with --storage": Case(["sweep", "{cfg}", "--storage", "{case}/store", "--out", "{case}/x"],
                                             ["with --storage", "give --out just the name", "--out x"], cfg()),
+        "sweep --out a file": Case([*sweep[:2], "--out", "{case}/afile"], ["is a file", "names a folder"], cfg(), {"afile": "mine"}),
+        "train --out a file": Case(["train", "--data", "{case}/d", "--model", model, "--out", "{case}/afile"], ["is a file"],
+                                   files={"afile": "mine", **{f"d/{split}.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS)
+                                                              for split in ("train", "eval")}}),
+        "export --force to a file": Case(["export", "{case}/run", "--out", "{case}/afile", "--force"], ["is a file"],
+                                         files={**fake_run, "afile": "mine"}),
+        "report --out a file": Case(["report", "{case}/run", "--out", "{case}/afile"], ["is a file"], files={**fake_run, "afile": "mine"}),
         "train given a sweep config": Case(["train", "{cfg}", "--out", "{out}"], ["scheduler, trials are sweep keys", "stune sweep"],
                                             cfg()),
         "train --force over the folder of its data": Case(

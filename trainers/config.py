@@ -116,7 +116,9 @@ def input_paths(config: TrainConfig) -> dict[str, str]:
 
 def refuse_out_holding_inputs(out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out") -> None:
     """An output folder that is, or holds, one of the run's inputs is refused even with --force:
-    replacing it would delete what the run reads (and what the user made)."""
+    replacing it would delete what the run reads (and what the user made). So is a file: --out is a folder."""
+    if Path(out).is_file():
+        raise ConfigError(f"{flag} {out} is a file; {flag} names a folder, so choose another {flag}")
     target = Path(out).resolve()
     for what, path in inputs.items():
         if path and "://" not in str(path) and (target == Path(path).resolve() or target in Path(path).resolve().parents):

@@ -619,6 +619,8 @@ def write_report(uri: str, out: str | os.PathLike | None = None, *, top: int = 1
     names that an earlier report did not write is replaced only with ``force``."""
     data = load(uri)
     out = Path(out or default_out(uri))
+    if out.is_file():
+        raise ReportError(f"--out {out} is a file; --out names a folder, so choose another --out")
     names = [REPORT_HTML, OVERVIEW, *(f"{plot}.png" for plot in PLOTS)]
     if not force and (theirs := [n for n in names if (out / n).exists()]) and not _is_stune_report(out / REPORT_HTML):
         raise ReportError(f"--out {out} already holds {theirs[0]}, which no stune report wrote; "
