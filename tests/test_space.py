@@ -149,3 +149,13 @@ def test_losses_the_train_data_cannot_feed_leave_the_default_search_or_are_refus
         fit_losses_to_data(listed, low)
     mixed = ScoredPairs(low.sentence1, low.sentence2, [i / 19 for i in range(20)])
     assert fit_losses_to_data(listed, mixed) == (listed, {})
+
+
+def test_time_budgets_read_as_people_write_them():
+    from tune.config import parse_duration
+
+    assert [parse_duration(t) for t in ("90", "90s", "10m", "1.5h", "2d", "1h30m", "1h 30m")] == \
+        [90, 90, 600, 5400, 172800, 5400, 5400]
+    for text, why in (("0s", "no time at all"), ("-5m", "not a duration"), ("1h30", "not a duration"), ("soon", "not a duration")):
+        with pytest.raises(ValueError, match=why):
+            parse_duration(text)

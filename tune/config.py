@@ -262,11 +262,16 @@ class SweepConfig(TrainConfig):
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``10m``, ``1.5h``, ``2d`` -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"time budget {text!r} is not a duration; write e.g. 90s, 10m, 2h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    """``90``, ``90s``, ``10m``, ``1.5h``, ``2d``, ``1h30m`` -> seconds."""
+    units = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    compact = re.sub(r"\s+", "", str(text))
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd]?)", compact)
+    if not compact or "".join(n + u for n, u in parts) != compact or (len(parts) > 1 and not all(u for _, u in parts)):
+        raise ValueError(f"time budget {text!r} is not a duration; write e.g. 90s, 10m, 2h, 1h30m")
+    seconds = sum(float(number) * units[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise ValueError(f"time budget {text!r} is no time at all; give a positive duration, e.g. 10m")
+    return seconds
 
 
 def load_sweep_config(path: str | None = None, **overrides: Any) -> SweepConfig:
