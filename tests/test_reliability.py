@@ -379,6 +379,7 @@ def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
 
     obs: dict = {"run": run, "samples": samples}
     # 1. Ctrl-C after 8 finished trials: SIGINT to the process group, as a terminal sends it.
+    first_started = time.time()
     first = start_sweep(root, "long-1", cfg, "--out", run)
     wait_until(finished(8), first, 600, "8 finished trials")
     os.killpg(first.sid, signal.SIGINT)
@@ -386,6 +387,7 @@ def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
     obs["ctrl_c"] = {
         "rc": first.wait(180), "seconds": time.time() - interrupted_at, "stderr": first.stderr(),
         "left": first.wait_session_gone(20), "summary": (run / "summary.json").exists(), "rows": read_trials(run),
+        "wall": time.time() - first_started, "elapsed": json.loads((run / "sweep.json").read_text()).get("elapsed_seconds"),
     }
     first.kill_all()
     # 2. --resume; SIGKILL the driver as soon as 25 trials are done.
@@ -426,6 +428,9 @@ def test_ctrl_c_stops_cleanly_prints_how_to_resume_and_resumes(long_run):
     assert len(done(ctrl_c["rows"])) >= 8
     # ... and the run dir it left was resumed (the --resume runs after it finished the sweep).
     assert long_run["rc"] == 0, long_run["third"].tail()
+    # The finished sweep's wall time counts the interrupted run (the killed run's time is lost with its driver).
+    assert 0.5 * ctrl_c["wall"] < ctrl_c["elapsed"] <= ctrl_c["wall"], (ctrl_c["elapsed"], ctrl_c["wall"])
+    assert long_run["summary"]["wall_seconds"] > ctrl_c["elapsed"]
 
 
 @pytest.mark.slow

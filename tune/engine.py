@@ -266,7 +266,11 @@ def run_sweep(
     finally:
         disconnect()
         upload_study(force=True)
+    # The wall time of a resumed sweep counts its earlier runs (Ray's time budget does too).
+    sweep_doc["elapsed_seconds"] = round(float(sweep_doc.get("elapsed_seconds") or 0.0) + time.time() - started, 1)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
+        with contextlib.suppress(Exception):  # the hint to resume matters more than this figure
+            run_dir.write_json(SWEEP, sweep_doc)
         raise KeyboardInterrupt
     baseline.start()  # no trial started (all pending): the model is scored now, with Ray down
     # Trials that fail at once (the model does not load for them either) can end the sweep before
@@ -277,8 +281,9 @@ def run_sweep(
     scores = baseline.result()
     if config.time_budget:
         recorder.close_out_of_time()
+    run_dir.write_json(SWEEP, sweep_doc)
     summary = write_summary(
-        run_dir, config, space, recorder, scores, eval_pairs=len(splits.eval.pairs), seconds=time.time() - started
+        run_dir, config, space, recorder, scores, eval_pairs=len(splits.eval.pairs), seconds=sweep_doc["elapsed_seconds"]
     )
     return summary
 
