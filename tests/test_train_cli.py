@@ -235,3 +235,20 @@ def test_train_keeps_the_checkpoint_the_sweep_would_on_a_spearman_tie(tmp_path):
     evaluate_and_save(40, 0.799, 0.10)  # spearman decides first
     assert watcher.best()["step"] == 40
     assert (watcher.best_checkpoint / "model.safetensors").read_text() == "weights at step 40"
+
+
+def test_a_model_whose_embeddings_ignore_the_text_is_refused_as_the_models_fault(tiny_model, scored_data, tmp_path):
+    """Every pair scored alike before training: the model, not the learning rate, is at fault."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    model = SentenceTransformer(tiny_model)
+    zero = Dense(32, 8, activation_function=torch.nn.Identity())
+    torch.nn.init.zeros_(zero.linear.weight)
+    torch.nn.init.zeros_(zero.linear.bias)
+    SentenceTransformer(modules=[model[0], model[1], zero]).save(str(tmp_path / "constant"))
+    cfg = write_config(tmp_path / "c.yaml", max_steps=2, eval_steps=1)
+    folder = Path(scored_data["train"]).parent
+    proc = run_stune("train", cfg, "--model", tmp_path / "constant", "--data", folder, "--out", tmp_path / "out")
+    assert_user_error(proc, "gives every eval pair the same similarity", "check the model folder")
+    assert "learning_rate" not in proc.stderr and not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from statistics import NormalDist
 from typing import Any
 
 from trainers.data import Split
+from trainers.errors import ModelError
 
 OBJECTIVE = "spearman_cosine"
 # Below this many eval pairs one pair moves spearman by hundredths, and the best of many trials
@@ -49,6 +50,18 @@ def evaluate(model, split: Split, name: str) -> dict[str, float]:
     if not math.isfinite(metrics.get(OBJECTIVE, float("nan"))):
         # A collapsed model gives constant similarities: spearman is undefined.
         metrics[OBJECTIVE] = float("nan")
+    return metrics
+
+
+def evaluate_untuned(model, split: Split, name: str, label: str) -> dict[str, float]:
+    """``evaluate`` for a model before any training: constant similarities there are the model's
+    own (its output does not depend on the text), and no training setting can help."""
+    metrics = evaluate(model, split, name)
+    if math.isnan(metrics[OBJECTIVE]):
+        raise ModelError(
+            f"model: {label} gives every {name} pair the same similarity (its embeddings do not depend on the text), "
+            f"so {OBJECTIVE} is undefined; check the model folder (its Pooling or Dense modules)"
+        )
     return metrics
 
 

@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from trainers.config import TrainConfig, input_paths, move_into_place, refuse_out_holding_inputs
 from trainers.data import Splits, adapt, load_splits
 from trainers.errors import StuneError, TrainingError
-from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, selection_key, short_metrics
+from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, evaluate_untuned, selection_key, short_metrics
 from trainers.losses import get_loss
 from trainers.model import load_model, model_label
 
@@ -88,9 +88,9 @@ def fine_tune(
     model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
     base = {}
     if score_base:
-        base["eval"] = evaluate(model, splits.eval, "eval")
+        base["eval"] = evaluate_untuned(model, splits.eval, "eval", model_label(config.model))
         if splits.test:
-            base["test"] = evaluate(model, splits.test, "test")
+            base["test"] = evaluate_untuned(model, splits.test, "test", model_label(config.model))
         log.info("base model %s: eval %s %.4f", model_label(config.model), OBJECTIVE, base["eval"][OBJECTIVE])
 
     from datasets import Dataset

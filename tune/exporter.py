@@ -97,11 +97,11 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
 def score_base_model(config: SweepConfig, splits: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The untuned model's scores on each of ``splits`` (name -> Split; None is left out), loading
     it once: its eval score is the baseline a sweep's trials must beat."""
-    from trainers.evaluation import evaluate
-    from trainers.model import load_model
+    from trainers.evaluation import evaluate_untuned
+    from trainers.model import load_model, model_label
 
     model = load_model(config.model, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
-    return {name: evaluate(model, split, name) for name, split in splits.items() if split is not None}
+    return {name: evaluate_untuned(model, split, name, model_label(config.model)) for name, split in splits.items() if split is not None}
 
 
 def _require_mlflow(uri: str) -> None:
