@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from cli import STUNE
-from tiny import scored_pairs, write_csv
+from tiny import scored_pairs
 
 _SCRUB = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 

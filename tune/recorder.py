@@ -21,7 +21,7 @@ from ray.tune import Callback
 
 from trainers.evaluation import selection_key
 from tune.rundir import BEST, DONE, TRIAL_STATUSES, TRIALS, RunDir, delete_checkpoint_dirs, trial_dir_name
-from tune.trainable import BEST_OBJECTIVE, ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
+from tune.trainable import ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
 
