@@ -247,6 +247,50 @@ def test_export_scores_the_base_model_when_the_sweep_did_not(finished_sweep, tmp
     assert f"| eval (used for selection) | {summary['eval_pairs']} | {base} |" in card, card
 
 
+def test_export_during_a_sweep_exports_the_best_it_names(finished_sweep, tiny_model, scored_data, tmp_path, monkeypatch):
+    """A running sweep swaps in a better best/ (then best.json) at any moment. Here it does so just
+    after export has read best.json and loaded the old best/: the export reads again, and its
+    model, card and score are all the newer best's."""
+    import shutil
+
+    import pyarrow.fs as pafs
+    from sentence_transformers import SentenceTransformer
+
+    import trainers.model
+    import tune.exporter
+    from trainers.data import read_split
+    from trainers.evaluation import evaluate
+    from tune.rundir import RunDir
+
+    run_dir, summary, _ = finished_sweep
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    newer = tmp_path / "newer"  # another model of the same shape, as a later trial's checkpoint
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": tiny_model, "data": scored_data, "max_steps": 30, "learning_rate": 5e-3}))
+    assert run_stune("train", cfg, "--out", newer).returncode == 0
+    config = json.loads((run / "sweep.json").read_text())["config"]
+    newer_score = evaluate(SentenceTransformer(str(newer / "model")), read_split(config["data"]["eval"]), "eval")[OBJECTIVE]
+    assert newer_score != pytest.approx(summary["best"][OBJECTIVE], abs=1e-4)
+    newer_best = {**summary["best"], "trial_id": "newer000", OBJECTIVE: newer_score, "step": 30}
+    real_load, swaps = trainers.model.load_model, []
+
+    def load_then_the_sweep_swaps(path, **kwargs):
+        model = real_load(path, **kwargs)
+        if not swaps:  # the recorder's own steps: best/ first, then best.json
+            rundir = RunDir.open(str(run))
+            rundir.replace_dir_from("best", pafs.LocalFileSystem(), str(newer / "model"))
+            rundir.write_json("best.json", newer_best)
+            swaps.append(path)
+        return model
+
+    monkeypatch.setattr(trainers.model, "load_model", load_then_the_sweep_swaps)
+    result = tune.exporter.export_best(str(run), tmp_path / "model", force=True)
+    assert swaps and result["best"]["trial_id"] == "newer000"
+    assert result["scores"]["eval"][OBJECTIVE] == pytest.approx(newer_score, abs=1e-6)
+    assert "trial `newer000`" in (tmp_path / "model" / "README.md").read_text()
+
+
 def test_export_scores_the_rows_the_sweep_selected_on(finished_sweep, tmp_path):
     """With ``data.max_rows``, the export's eval score, and the base model's when export computes
     it, are on the same first rows the sweep saw, not on the whole file."""

@@ -71,9 +71,17 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        local_best = run_dir.download_dir(BEST, str(staging / "checkpoint")) if not run_dir.is_local else run_dir.join(BEST)
-        model = load_model(local_best, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
-        scores = {"eval": evaluate(model, eval_split, "eval")}
+        for attempt in range(3):
+            local_best = (run_dir.download_dir(BEST, str(staging / f"checkpoint-{attempt}")) if not run_dir.is_local
+                          else run_dir.join(BEST))
+            model = load_model(local_best, max_seq_length=config.max_seq_length, trust_remote_code=config.trust_remote_code)
+            scores = {"eval": evaluate(model, eval_split, "eval")}
+            # A running sweep swaps in a better best/ (then best.json) whenever one comes: what was
+            # read may be that newer model, or a mix of both. Read again until best.json stays put.
+            latest = run_dir.read_json(BEST_JSON)
+            if (latest.get("trial_id"), latest.get("step")) == (best.get("trial_id"), best.get("step")):
+                break
+            best = latest
         if test_split is not None:
             scores["test"] = evaluate(model, test_split, "test")
             scores["base_test"] = base_scores.get("test") or score_base_model(config, {"test": test_split})["test"]
