@@ -186,6 +186,11 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
         "export --force to a file": Case(["export", "{case}/run", "--out", "{case}/afile", "--force"], ["is a file"],
                                          files={**fake_run, "afile": "mine"}),
         "report --out a file": Case(["report", "{case}/run", "--out", "{case}/afile"], ["is a file"], files={**fake_run, "afile": "mine"}),
+        "--data folder with two train files": Case(["sweep", "--data", "{case}/d", "--model", model, "--out", "{out}"],
+                                                   ["train.csv and train.jsonl could each be the train split"],
+                                                   files={"d/train.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS),
+                                                          "d/train.jsonl": "{}\n",
+                                                          "d/eval.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS)}),
         "train given a sweep config": Case(["train", "{cfg}", "--out", "{out}"], ["scheduler, trials are sweep keys", "stune sweep"],
                                             cfg()),
         "train --force over the folder of its data": Case(

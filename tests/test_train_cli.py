@@ -252,3 +252,11 @@ def test_a_model_whose_embeddings_ignore_the_text_is_refused_as_the_models_fault
     proc = run_stune("train", cfg, "--model", tmp_path / "constant", "--data", folder, "--out", tmp_path / "out")
     assert_user_error(proc, "gives every eval pair the same similarity", "check the model folder")
     assert "learning_rate" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_data_folder_skips_editor_backups(tmp_path):
+    from tune.cli import _data_folder
+
+    for name in ("train.csv", "train.csv~", "eval.csv.bak", "validation.parquet", ".eval.csv.swp"):
+        (tmp_path / name).write_text("x")
+    assert _data_folder(tmp_path) == {"train": str(tmp_path / "train.csv"), "eval": str(tmp_path / "validation.parquet")}

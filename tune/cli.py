@@ -252,12 +252,16 @@ def _data_folder(folder: Path) -> dict[str, str]:
 
     if not folder.is_dir():
         raise ConfigError(f"--data {folder} is not a folder; give a folder with train.* and eval.* files (csv, tsv, jsonl, parquet)")
+    readable = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".jsonl", ".json", ".ndjson", ".parquet", ".pq")
     found: dict[str, str] = {}
     for split, names in {"train": ("train",), "eval": ("eval", "validation", "dev"), "test": ("test",)}.items():
-        for path in sorted(folder.iterdir()):
-            if path.name.split(".")[0] in names:
-                found[split] = str(path)
-                break
+        candidates = [path for path in sorted(folder.iterdir()) if path.name.split(".")[0] in names
+                      and (path.is_dir() or path.name.lower().endswith(readable))]  # not train.csv~ or .bak
+        if len(candidates) > 1:
+            raise ConfigError(f"--data {folder}: {' and '.join(p.name for p in candidates)} could each be the {split} split; "
+                              "keep one there, or name the files under data: in a config")
+        if candidates:
+            found[split] = str(candidates[0])
     missing = [s for s in ("train", "eval") if s not in found]
     if missing:
         raise ConfigError(f"--data {folder}: no {' or '.join(missing)} file; name them train.csv, eval.csv (and test.csv)")
