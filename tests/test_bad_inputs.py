@@ -100,6 +100,10 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
                                cfg(search={"warmup_ratio": {"low": 0.2, "high": 0.1}})),
         # -- config: unknown loss / searcher / scheduler, bad duration
         "unknown loss in the search": Case(sweep, ["FancyLoss"], cfg(search={"losses": ["FancyLoss"]})),
+        "a searched choice a trial would refuse": Case(sweep, ["lr_scheduler_type", "'bogus' cannot be used", "cosine"],
+                                                       cfg(search={"lr_scheduler_type": ["linear", "bogus"]})),
+        "a loss range reaching a value the loss refuses": Case(sweep, ["CoSENTLoss.scale", "must be > 0"],
+                                                               cfg(search={"CoSENTLoss": {"scale": {"low": 0, "high": 10}}})),
         "misspelt loss": Case(sweep, ["TripletLos", "did you mean TripletLoss"], cfg(loss="TripletLos")),
         "parameter the loss does not take": Case(sweep, ["TripletLoss does not take 'scale'"],
                                                  cfg(search={"TripletLoss": {"scale": {"low": 1, "high": 2}}})),

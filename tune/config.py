@@ -140,6 +140,13 @@ def _check_dimension(key: str, dim: Dimension) -> None:
         if low is not None and isinstance(value, (int, float)) and (value < low or (high is not None and value > high)):
             bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
             raise ValueError(f"{key}: {value!r} is out of range; values must be {bound}")
+        if isinstance(dim, Range):
+            continue  # a range's ends are numbers: the limits above are what a trial's config checks
+        try:  # what a trial's own config would refuse (an unknown lr_scheduler_type...)
+            TrainConfig.model_validate({key: value})
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"{key}: {value!r} cannot be used ({msg})") from None
 
 
 def _check_loss_dims(loss: str, value: Any) -> None:
@@ -152,7 +159,9 @@ def _check_loss_dims(loss: str, value: Any) -> None:
             raise ValueError(f"{loss}: {loss} does not take {name!r} (it takes: {takes})")
         dim = _as_dimension(f"{loss}.{name}", dim)
         param = spec.params[name]
-        for v in (dim if isinstance(dim, list) else [dim] if not isinstance(dim, Range) else []):
+        ends = [int(e) if isinstance(param, IntParam) and float(e).is_integer() else e for e in (dim.low, dim.high)] \
+            if isinstance(dim, Range) else []
+        for v in (dim if isinstance(dim, list) else ends if isinstance(dim, Range) else [dim]):
             try:
                 param.check(v)
             except ValueError as exc:
