@@ -195,6 +195,8 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
                                                    files={"d/train.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS),
                                                           "d/train.jsonl": "{}\n",
                                                           "d/eval.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS)}),
+        "two column roles on one column": Case(sweep, ["data.columns", "sentence1 and sentence2 both name column 'b'"],
+                                               cfg(data={**data, "columns": {"sentence1": "b", "sentence2": "b"}})),
         "train given a sweep config": Case(["train", "{cfg}", "--out", "{out}"], ["scheduler, trials are sweep keys", "stune sweep"],
                                             cfg()),
         "train --force over the folder of its data": Case(

@@ -76,6 +76,12 @@ class DataConfig(_Strict):
         for role in columns:
             if role not in COLUMN_ROLES:
                 raise ValueError(f"unknown column role {role!r}; use one of {', '.join(COLUMN_ROLES)}")
+        by_column: dict[str, list[str]] = {}
+        for role, column in columns.items():
+            by_column.setdefault(column, []).append(role)
+        for column, roles in by_column.items():
+            if len(roles) > 1:
+                raise ValueError(f"{' and '.join(roles)} both name column {column!r}; give each role its own column")
         return columns
 
 
