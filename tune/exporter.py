@@ -79,8 +79,8 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
             # A running sweep swaps in a better best/ (then best.json) whenever one comes: what was
             # read may be that newer model, or a mix of both. Read again until best.json stays put.
             latest = run_dir.read_json(BEST_JSON)
-            if (latest.get("trial_id"), latest.get("step")) == (best.get("trial_id"), best.get("step")):
-                break
+            if (latest.get("trial_id"), latest.get("step")) == (best.get("trial_id"), best.get("step")) or attempt == 2:
+                break  # (a third new best in a row: this export keeps the one it named when it began reading)
             best = latest
         if test_split is not None:
             scores["test"] = evaluate(model, test_split, "test")
