@@ -7,6 +7,7 @@ its own parameters, ``data`` the splits. The sweep config (``tune.config``) exte
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +113,12 @@ class TrainConfig(_Strict):
     @classmethod
     def _loss_by_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+
+def eval_interval(steps: int, evaluations: int, eval_steps: int | None = None) -> int:
+    """Steps between evaluations: ``eval_steps`` where set, else ``evaluations`` spread over ``steps``.
+    The trainer evaluates at this interval; a sweep's ASHA counts its rungs by it."""
+    return eval_steps or max(1, math.ceil(steps / evaluations))
 
 
 def input_paths(config: TrainConfig) -> dict[str, str]:

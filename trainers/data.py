@@ -53,6 +53,13 @@ class Split:
     triplets: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: The files ``read_table`` reads (besides a ``datasets.save_to_disk`` folder).
+READABLE_SUFFIXES = (*CSV_SUFFIXES, *JSON_SUFFIXES, *PARQUET_SUFFIXES)
+
+
 def read_table(path: str) -> pa.Table:
     """CSV, TSV, JSON lines, Parquet, or a folder saved with ``datasets.save_to_disk``."""
     p = Path(path)
@@ -69,7 +76,7 @@ def read_table(path: str) -> pa.Table:
         suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
         if p.stat().st_size == 0:
             raise DataError(f"{path}: file is empty; give it a header row and at least two rows")
-        if suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz"):
+        if suffix in CSV_SUFFIXES:
             import pyarrow.csv as pacsv
 
             header_line = _first_line(p)
@@ -82,11 +89,11 @@ def read_table(path: str) -> pa.Table:
             )
         if suffix == ".json" and (document := _json_document(p)) is not None:
             return document
-        if suffix in (".jsonl", ".json", ".ndjson"):
+        if suffix in JSON_SUFFIXES:
             import pyarrow.json as pajson
 
             return pajson.read_json(p)
-        if suffix in (".parquet", ".pq"):
+        if suffix in PARQUET_SUFFIXES:
             import pyarrow.parquet as pq
 
             return pq.read_table(p)
@@ -199,10 +206,10 @@ def _looks_numeric(column) -> bool:
 def _where(path: str, index: int) -> str:
     """Row ``index`` (0-based) as a user finds it: the row in a spreadsheet (its header is row 1),
     the line of a JSON-lines file, or the index ``datasets``/pandas give a Parquet or datasets row."""
-    name = path.lower().removesuffix(".gz")
-    if name.endswith((".csv", ".tsv", ".txt")):
+    name = path.lower()
+    if name.endswith(CSV_SUFFIXES):
         return f"row {index + 2}"
-    if name.endswith((".jsonl", ".json", ".ndjson")):
+    if name.endswith(JSON_SUFFIXES):
         return f"line {index + 1}"
     return f"row index {index}"
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 from transformers import TrainerCallback
 
-from trainers.config import TrainConfig, input_paths, move_into_place, refuse_out_holding_inputs
+from trainers.config import TrainConfig, eval_interval, input_paths, move_into_place, refuse_out_holding_inputs
 from trainers.data import Splits, adapt, load_splits
 from trainers.errors import StuneError, TrainingError
 from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, evaluate_untuned, selection_key, short_metrics
@@ -102,7 +102,7 @@ def fine_tune(
 
     train_dataset = Dataset.from_dict(columns)
     n_steps = total_steps(config, len(train_dataset))
-    eval_steps = config.eval_steps or max(1, math.ceil(n_steps / evaluations))
+    eval_steps = eval_interval(n_steps, evaluations, config.eval_steps)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(work_dir) / "checkpoints"),
         learning_rate=config.learning_rate,

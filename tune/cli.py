@@ -252,11 +252,12 @@ def _data_folder(folder: Path) -> dict[str, str]:
 
     if not folder.is_dir():
         raise ConfigError(f"--data {folder} is not a folder; give a folder with train.* and eval.* files (csv, tsv, jsonl, parquet)")
-    readable = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".jsonl", ".json", ".ndjson", ".parquet", ".pq")
+    from trainers.data import READABLE_SUFFIXES
+
     found: dict[str, str] = {}
     for split, names in {"train": ("train",), "eval": ("eval", "validation", "dev"), "test": ("test",)}.items():
         candidates = [path for path in sorted(folder.iterdir()) if path.name.split(".")[0] in names
-                      and (path.is_dir() or path.name.lower().endswith(readable))]  # not train.csv~ or .bak
+                      and (path.is_dir() or path.name.lower().endswith(READABLE_SUFFIXES))]  # not train.csv~ or .bak
         if len(candidates) > 1:
             raise ConfigError(f"--data {folder}: {' and '.join(p.name for p in candidates)} could each be the {split} split; "
                               "keep one there, or name the files under data: in a config")

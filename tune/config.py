@@ -22,7 +22,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.config import TrainConfig, format_validation_error, parse_config, read_yaml, with_overrides
+from trainers.config import TrainConfig, eval_interval, format_validation_error, parse_config, read_yaml, with_overrides
 from trainers.errors import ConfigError
 from trainers.losses import LOSSES, ChoiceParam, FloatParam, IntParam, get_loss
 
@@ -217,9 +217,9 @@ class SweepConfig(TrainConfig):
         steps depend on the trial (epochs, or a searched length)."""
         searched = set(self.search.model_extra or {})
         steps = self.max_steps if self.max_steps and not {"max_steps", "num_train_epochs"} & searched else None
-        if self.eval_steps is None:
-            return math.ceil(steps / math.ceil(steps / self.evaluations_per_trial)) if steps else self.evaluations_per_trial
-        return math.ceil(steps / self.eval_steps) if steps else None
+        if not steps:
+            return self.evaluations_per_trial if self.eval_steps is None else None
+        return math.ceil(steps / eval_interval(steps, self.evaluations_per_trial, self.eval_steps))
 
     @property
     def grace_period(self) -> int:

@@ -4,7 +4,6 @@ model card. The held-out test split is scored here, never during selection."""
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import tempfile
@@ -211,7 +210,7 @@ def winner_recipe(config: SweepConfig, best: dict, trials: list[dict]) -> dict[s
     """A ``stune train`` config that trains the winning trial again: the sweep's own settings with
     the trial's loss and hyperparameters, and the evaluation cadence the trial had (the trainer
     keeps the checkpoint with the best eval score, as the sweep did)."""
-    from trainers.config import TrainConfig
+    from trainers.config import TrainConfig, eval_interval
     from trainers.losses import get_loss
     from trainers.model import resolve_model_path
 
@@ -225,7 +224,7 @@ def winner_recipe(config: SweepConfig, best: dict, trials: list[dict]) -> dict[s
         row = next((t for t in trials if t.get("trial_id") == best.get("trial_id")), {})
         total = row.get("total_steps") or recipe.get("max_steps")
         if total:
-            recipe["eval_steps"] = max(1, math.ceil(int(float(total)) / config.evaluations_per_trial))
+            recipe["eval_steps"] = eval_interval(int(float(total)), config.evaluations_per_trial)
     if recipe.get("model"):  # a path as typed for the sweep, relative to where it ran: made absolute where it exists
         with contextlib.suppress(StuneError):
             recipe["model"] = str(Path(resolve_model_path(recipe["model"])).resolve())
