@@ -126,6 +126,9 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
         "header only": data_case("train.csv", "sentence1,sentence2,score\n", ["0 data row(s)", "at least 2"]),
         "column mapping names a missing column": data_case(
             "train.csv", csv_text(["title", "role", "sim"], GOOD_ROWS), ["data.columns.score", "'label'"], columns={"score": "label"}),
+        # a data row read as the header would be one pair lost without a word
+        "CSV without a header row": data_case("train.csv", csv_text(["nurse", "doctor", "0.9"], GOOD_ROWS),
+                                              ["first line", "'nurse,doctor,0.9'", "add a header row"]),
         "one text column": data_case("train.csv", csv_text(["sentence1"], [(a,) for a, _, _ in GOOD_ROWS]), ["two text columns"]),
         "score is not a number": data_case("train.csv", csv_text(["sentence1", "sentence2", "score"], [("nurse", "doctor", "high"), *GOOD_ROWS]),
                                            ["row 2", "not a number"]),

@@ -81,6 +81,7 @@ def read_table(path: str) -> pa.Table:
 
             header_line = _first_line(p)
             delimiter = "\t" if ".tsv" in suffix else ";" if ";" in header_line and "," not in header_line else ","
+            _refuse_headerless(path, header_line, delimiter)
             # Keep every column a string: scores are parsed below with messages that name the row.
             return pacsv.read_csv(
                 p,
@@ -136,6 +137,27 @@ def _first_line(path: Path) -> str:
             return fh.readline()
     except UnicodeDecodeError:
         raise DataError(f"{path}: is not UTF-8 text; re-save it as UTF-8") from None
+
+
+def _refuse_headerless(path: str, header_line: str, delimiter: str) -> None:
+    """A CSV whose first line is a data row would lose that row to the header, silently: a number
+    is never a column name, so a first line holding one has no header."""
+    import csv
+
+    header = next(csv.reader([header_line], delimiter=delimiter), [])
+    if any(_is_number(name.strip()) for name in header):
+        first = header_line.strip()
+        first = first if len(first) <= 60 else first[:57] + "..."
+        raise DataError(f"{path}: the first line ({first!r}) is a data row, not column names; "
+                        "add a header row such as sentence1,sentence2,score")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", ".", 1))
+    except ValueError:
+        return False
+    return True
 
 
 def _all_strings(header_line: str, delimiter: str) -> dict[str, pa.DataType]:
@@ -195,11 +217,8 @@ def _pick_columns(table: pa.Table, mapping: dict[str, str], path: str) -> tuple[
 def _looks_numeric(column) -> bool:
     """Whether a column's first values are numbers (a score), not text."""
     for value in column.slice(0, 20).to_pylist():
-        if isinstance(value, str):
-            try:
-                float(value.replace(",", ".", 1))
-            except ValueError:
-                return False
+        if isinstance(value, str) and not _is_number(value):
+            return False
     return True
 
 
