@@ -463,6 +463,22 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp
     assert_user_error(run_stune("sweep", cfg, "--dry-run", "--resume", "--out", tmp_path / "run"), "--dry-run", "--resume")
 
 
+def test_eval_and_test_pairs_training_has_seen_are_warned_of(tiny_model, scored_data, tmp_path):
+    # An eval split that repeats train pairs makes the sweep pick the trial that memorised them best.
+    raw = sweep_config(tiny_model, scored_data)
+    clean = run_stune("sweep", write(tmp_path / "clean.yaml", raw), "--dry-run", "--out", tmp_path / "run", timeout=60)
+    assert clean.returncode == 0 and "also in data.train" not in clean.stderr, clean.stderr[-3000:]
+    train_rows = Path(scored_data["train"]).read_text().splitlines()
+    test_rows = Path(scored_data["test"]).read_text().splitlines()
+    swapped = [",".join([b, a, score]) for a, b, score in (row.split(",") for row in train_rows[1:4])]  # order does not matter
+    (tmp_path / "test.csv").write_text("\n".join([*test_rows, *swapped]) + "\n")
+    leaky = {**raw, "data": {**raw["data"], "eval": scored_data["train"], "test": str(tmp_path / "test.csv")}}
+    proc = run_stune("sweep", write(tmp_path / "leaky.yaml", leaky), "--dry-run", "--out", tmp_path / "run", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{len(train_rows) - 1} of {len(train_rows) - 1} data.eval pairs are also in data.train" in proc.stderr, proc.stderr
+    assert f"3 of {len(test_rows) + 2} data.test pairs are also in data.train" in proc.stderr, proc.stderr
+
+
 def test_resume_and_export_need_a_real_sweep(tiny_model, scored_data, tmp_path):
     (tmp_path / "notasweep").mkdir()
     (tmp_path / "notasweep" / "file.txt").write_text("mine")

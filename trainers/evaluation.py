@@ -7,7 +7,7 @@ import math
 from statistics import NormalDist
 from typing import Any
 
-from trainers.data import Split
+from trainers.data import Split, Splits
 from trainers.errors import ModelError
 
 OBJECTIVE = "spearman_cosine"
@@ -83,6 +83,27 @@ def spearman_interval(rho: float, n_pairs: int, level: float = 0.95) -> tuple[fl
     z = math.atanh(max(-0.999999, min(0.999999, rho)))
     half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(1.06 / (n_pairs - 3))
     return math.tanh(z - half), math.tanh(z + half)
+
+
+def selection_warnings(splits: Splits, chosen: str) -> list[str]:
+    """What makes the eval split a poor judge of which ``chosen`` (trial, checkpoint) is best, or
+    the test split a poor measure of it: too few pairs, or pairs training has already seen."""
+    warnings = [few_eval_pairs_warning(len(splits.eval.pairs), chosen)]
+    seen = _pair_keys(splits.train)
+    for key, split, consequence in (
+        ("data.eval", splits.eval, f"its {OBJECTIVE} rewards memorising them and favours the {chosen} that overfits most"),
+        ("data.test", splits.test, f"its {OBJECTIVE} overstates how the model does on new pairs"),
+    ):
+        if split is not None and (shared := sum(pair in seen for pair in _pair_keys(split, unique=False))):
+            warnings.append(f"warning: {shared} of {len(split.pairs)} {key} pairs are also in data.train: {consequence}; "
+                            f"drop them from one of the two files")
+    return [warning for warning in warnings if warning]
+
+
+def _pair_keys(split: Split, unique: bool = True) -> set[frozenset[str]] | list[frozenset[str]]:
+    """A split's pairs as unordered text pairs: cosine similarity does not care which comes first."""
+    keys = [frozenset(pair) for pair in zip(split.pairs.sentence1, split.pairs.sentence2)]
+    return set(keys) if unique else keys
 
 
 def few_eval_pairs_warning(n_pairs: int, chosen: str) -> str | None:

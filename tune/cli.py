@@ -106,9 +106,9 @@ def train(
             raise ConfigError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
         splits = load_splits(cfg)  # bad data and model paths fail here, before torch is imported
         resolve_model_path(cfg.model)
-        from trainers.evaluation import few_eval_pairs_warning
+        from trainers.evaluation import selection_warnings
 
-        if warning := few_eval_pairs_warning(len(splits.eval.pairs), "checkpoint"):
+        for warning in selection_warnings(splits, "checkpoint"):
             logging.getLogger("stune").warning(warning)
         from trainers.train import train_to_dir
 
@@ -226,8 +226,13 @@ def sweep(
 
             run_dir = check_run_dir(out, storage=storage, resume=False, force=force, inputs=sweep_inputs(cfg, warm_start_from))  # CONFIG: above
             where = run_dir.uri + (" (exists: --force empties it when the sweep starts)" if not run_dir.is_empty() else "")
-            lines = plan_lines(cfg, load_splits(cfg), str(resolve_model_path(cfg.model)), out=where)
+            splits = load_splits(cfg)
+            lines = plan_lines(cfg, splits, str(resolve_model_path(cfg.model)), out=where)
             typer.echo("\n".join(lines))
+            from trainers.evaluation import selection_warnings
+
+            for warning in selection_warnings(splits, "trial"):  # what the sweep would warn of, checked now
+                logging.getLogger("stune").warning(warning)
             return
         try:
             from tune.progress import progress_for

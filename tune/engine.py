@@ -140,10 +140,10 @@ def run_sweep(
         stop_ray_and_its_agents()
         raise
     log.info("trials run on %s", connection.describe())
-    from trainers.evaluation import few_eval_pairs_warning
+    from trainers.evaluation import selection_warnings
 
     # once the input is known good: a bad one gets one error line
-    if warning := few_eval_pairs_warning(len(splits.eval.pairs), "trial"):
+    for warning in selection_warnings(splits, "trial"):
         log.warning(warning)
     from ray import tune
 
