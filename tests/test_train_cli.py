@@ -204,6 +204,14 @@ def test_help_shows_every_option_as_written():
     for option in ("--data DIR", "--model PATH", "--seed SEED", "--out DIR"):
         assert option in train_help, train_help
     assert "--resume  " in sweep_help or "--resume\n" in sweep_help
+    # what a bug report needs, in one line
+    import ray
+    import sentence_transformers
+
+    versions = run_stune("--version")
+    assert versions.returncode == 0, versions.stderr[-2000:]
+    assert versions.stdout.startswith("stune 0.") and f"ray {ray.__version__}" in versions.stdout, versions.stdout
+    assert f"sentence-transformers {sentence_transformers.__version__}" in versions.stdout, versions.stdout
 
 
 def test_train_keeps_the_checkpoint_the_sweep_would_on_a_spearman_tie(tmp_path):

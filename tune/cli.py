@@ -29,6 +29,32 @@ app = typer.Typer(
 )
 
 
+def _print_versions(asked: bool) -> None:
+    """``stune --version``: stune's and the versions a bug report needs, read without importing them."""
+    if not asked:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ("sentence-transformers", "transformers", "torch", "ray", "optuna")
+    typer.echo(f"stune {installed('stune')} ({', '.join(f'{name} {installed(name)}' for name in libraries)}; "
+               f"Python {sys.version.split()[0]})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: bool = typer.Option(False, "--version", callback=_print_versions, is_eager=True,
+                                      help="Print stune's version and its libraries' and exit."),
+) -> None:
+    pass
+
+
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
