@@ -2,10 +2,12 @@
 
 import json
 import time
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from sentence_transformers import SentenceTransformer
 
 from cli import assert_user_error, run_stune
 from trainers.config import parse_config
@@ -583,3 +585,24 @@ def test_a_baseline_abandoned_by_a_stopped_sweep_is_neither_published_nor_logged
         if not abandoned_after_start:  # before any trial started: never scored
             with pytest.raises(CancelledError):
                 baseline.result()
+
+
+def test_a_hub_id_in_the_local_hugging_face_cache_is_a_model(tiny_model, scored_data, tmp_path):
+    # A model downloaded before (e.g. by SentenceTransformer("org/name")) is found in the cache by its id,
+    # offline; the exported card names it as its base_model and the recipe keeps the id, not this machine's path.
+    snapshot = tmp_path / "hub" / "models--acme--tiny-st" / "snapshots" / ("ab" * 20)
+    shutil.copytree(tiny_model, snapshot)
+    (tmp_path / "hub" / "models--acme--tiny-st" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny-st" / "refs" / "main").write_text("ab" * 20)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    raw = {k: v for k, v in sweep_config(None, scored_data, trials=1, max_steps=2).items() if k != "model"}
+    cfg = write(tmp_path / "c.yaml", raw)
+    proc = run_stune("sweep", cfg, "--model", "acme/tiny-st", "--out", tmp_path / "run", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_stune("export", tmp_path / "run", "--out", tmp_path / "model", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "\nbase_model: acme/tiny-st\n" in (tmp_path / "model" / "README.md").read_text()
+    assert yaml.safe_load((tmp_path / "model" / "stune_train.yaml").read_text())["model"] == "acme/tiny-st"
+    assert SentenceTransformer(str(tmp_path / "model")).encode(["nurse"]).shape == (1, 32)
+    missing = run_stune("sweep", cfg, "--model", "acme/elsewhere", "--dry-run", env=env)
+    assert_user_error(missing, "acme/elsewhere", "Hugging Face cache", "never downloads")

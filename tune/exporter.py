@@ -225,7 +225,9 @@ def winner_recipe(config: SweepConfig, best: dict, trials: list[dict]) -> dict[s
         total = row.get("total_steps") or recipe.get("max_steps")
         if total:
             recipe["eval_steps"] = eval_interval(int(float(total)), config.evaluations_per_trial)
-    if recipe.get("model"):  # a path as typed for the sweep, relative to where it ran: made absolute where it exists
+    # a path as typed for the sweep, relative to where it ran: made absolute where it exists; a hub
+    # id found in the Hugging Face cache stays an id, which finds the model in any machine's cache
+    if recipe.get("model") and Path(recipe["model"]).expanduser().exists():
         with contextlib.suppress(StuneError):
             recipe["model"] = str(Path(resolve_model_path(recipe["model"])).resolve())
     # Settings left at stune train's defaults are left out; the trial's own choices always show.
@@ -268,7 +270,7 @@ def data_line(config: SweepConfig) -> str:
 def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trials: list[dict], summary: dict,
                plots: list[tuple[str, str]] = (), pairs: dict[str, int | None] | None = None) -> str:
     from trainers.evaluation import spearman_interval
-    from trainers.model import model_label
+    from trainers.model import hub_id, model_label
 
     params = best["config"]
     loss = params["loss"]
@@ -291,6 +293,7 @@ def model_card(config: SweepConfig, sweep: dict, best: dict, scores: dict, trial
         "---",
         "library_name: sentence-transformers",
         "pipeline_tag: sentence-similarity",
+        *([f"base_model: {base_id}"] if (base_id := hub_id(config.model)) else []),
         "tags: [sentence-transformers, sentence-similarity, stune, loss:" + loss + "]",
         "model-index:",
         "- name: stune sweep winner",
