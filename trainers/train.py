@@ -7,15 +7,18 @@ the folder of the checkpoint just written (weights, schedule and RNG state, so a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from transformers import TrainerCallback
 
@@ -49,6 +52,8 @@ class TrainResult:
     test: dict[str, float] | None = None
     steps: int = 0
     seconds: float = 0.0
+    planned_steps: int = 0
+    interrupted: bool = False  # stopped early by Ctrl-C: the best of the evaluations so far
 
 
 def total_steps(config: TrainConfig, n_train: int) -> int:
@@ -70,6 +75,7 @@ def fine_tune(
     resumable: bool = True,
     tensorboard_dir: str | Path | None = None,
     verbose: bool = False,
+    stop: GracefulStop | None = None,
 ) -> tuple[object, TrainResult]:
     """Fine-tune ``config.model`` with ``config.loss``; return the best model and its scores.
 
@@ -77,7 +83,8 @@ def fine_tune(
     move or delete it); ``resume_from`` is a checkpoint folder from an earlier ``on_evaluation``.
     With ``keep_best_model=False`` the returned model is the last one, and no extra copy of the
     best weights is kept on disk (a sweep keeps the best across trials itself). With
-    ``resumable=False`` checkpoints hold the weights only.
+    ``resumable=False`` checkpoints hold the weights only. When ``stop`` is requested during
+    training, the current step is evaluated and training ends there, as if it had been the last.
     """
     started = time.monotonic()
     splits = splits or load_splits(config)
@@ -135,7 +142,8 @@ def fine_tune(
         dataloader_num_workers=0,
         dataloader_pin_memory=_has_cuda(),
     )
-    watcher = _Watcher(n_steps, on_evaluation, keep_best_model, save_schedule=resumable and not config.checkpoint_optimizer_state)
+    watcher = _Watcher(n_steps, on_evaluation, keep_best_model, save_schedule=resumable and not config.checkpoint_optimizer_state,
+                       stop=stop)
     callbacks = [watcher, _ScheduleWithoutOptimizer(resume_from)] if resume_from else [watcher]
     if tensorboard_dir is not None:  # training loss, learning rate and eval scores as TB scalars
         from torch.utils.tensorboard import SummaryWriter
@@ -177,6 +185,8 @@ def fine_tune(
         base=base,
         steps=watcher.history[-1]["step"],
         seconds=time.monotonic() - started,
+        planned_steps=n_steps,
+        interrupted=bool(stop and stop.requested) and watcher.history[-1]["step"] < n_steps,
     )
     if splits.test:
         result.test = evaluate(best_model, splits.test, "test")
@@ -216,8 +226,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class _Watcher(TrainerCallback):
     """Stops on a NaN/inf loss, forces a last evaluation, hands each evaluation + checkpoint on."""
 
-    def __init__(self, n_steps: int, on_evaluation, keep_best_model: bool, save_schedule: bool = False):
+    def __init__(self, n_steps: int, on_evaluation, keep_best_model: bool, save_schedule: bool = False,
+                 stop: GracefulStop | None = None):
         self.n_steps = n_steps
+        self.stop = stop
         self.keep_best_model = keep_best_model
         self.save_schedule = save_schedule
         self.on_evaluation = on_evaluation
@@ -234,10 +246,20 @@ class _Watcher(TrainerCallback):
         if loss is not None and not math.isfinite(loss):
             raise TrainingError(f"training loss became {loss} at step {state.global_step}; lower learning_rate (or weight_decay)")
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.stop:
+            self.stop.training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.stop:  # a Ctrl-C from here on (saving, test scores) abandons the run
+            self.stop.training = False
+
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
+        stopping = bool(self.stop and self.stop.requested)
+        if state.global_step >= state.max_steps or stopping:
             control.should_evaluate = True
             control.should_save = True
+            control.should_training_stop = control.should_training_stop or stopping
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         scores = short_metrics(metrics or {})
@@ -260,6 +282,33 @@ class _Watcher(TrainerCallback):
         if self.on_evaluation:
             self.on_evaluation(Evaluation(checkpoint=checkpoint, total_steps=self.n_steps, **self.pending))
         self.pending = None
+
+
+class GracefulStop:
+    """Ctrl-C during training ends it at the current step, which is evaluated, so the run keeps
+    the best model so far; a second Ctrl-C, or one before training began, abandons the run."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.training = False
+
+    @contextlib.contextmanager
+    def on_ctrl_c(self) -> Iterator[GracefulStop]:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _handle(self, signum, frame) -> None:
+        if not self.training or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step, which is evaluated; the best model so far is kept "
+                    "(Ctrl-C again to abandon the run and write nothing)")
 
 
 def _save_schedule_and_rng(checkpoint: Path, lr_scheduler) -> None:
@@ -319,6 +368,8 @@ def write_metrics(path: Path, config: TrainConfig, result: TrainResult) -> None:
         "test": result.test,
         "base": result.base,
         "steps": result.steps,
+        "planned_steps": result.planned_steps,
+        "interrupted": result.interrupted,
         "seconds": round(result.seconds, 1),
         "history": result.history,
         "config": config.model_dump(),
@@ -346,7 +397,9 @@ def train_to_dir(config: TrainConfig, out: str | Path, *, splits: Splits | None 
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("stune").addHandler(handler)
     try:
-        model, result = fine_tune(config, work, splits=splits, tensorboard_dir=work / "tensorboard", resumable=False, verbose=verbose)
+        with GracefulStop().on_ctrl_c() as stop:
+            model, result = fine_tune(config, work, splits=splits, tensorboard_dir=work / "tensorboard", resumable=False,
+                                      verbose=verbose, stop=stop)
         model.save(str(work / "model"))
         write_metrics(work / "metrics.json", config, result)
         for scratch in ("checkpoints", "best-model"):

@@ -80,7 +80,7 @@ def _fail(message: str) -> None:
 
 
 class _UserErrors:
-    """Bad input -> one line on stderr, exit 2, no traceback."""
+    """Bad input -> one line on stderr, exit 2, no traceback; Ctrl-C -> one line, exit 130."""
 
     def __enter__(self):
         return self
@@ -96,6 +96,9 @@ class _UserErrors:
             ClusterError = StuneError
         if isinstance(exc, (StuneError, ClusterError)):
             _fail(str(exc))
+        if isinstance(exc, KeyboardInterrupt):  # train, export and report write all or nothing
+            typer.echo("interrupted (Ctrl-C): nothing was written", err=True)
+            raise typer.Exit(130)
         return False
 
 
@@ -140,6 +143,8 @@ def train(
 
         result = train_to_dir(cfg, out, splits=splits, force=force, verbose=verbose)
     _print_train_result(result, out)
+    if result.interrupted:  # written, but not the run that was asked for: a script must not take it for one
+        raise typer.Exit(130)
 
 
 def _refuse_sweep_keys(config: Path | None) -> None:
@@ -172,6 +177,9 @@ def _print_train_result(result, out: Path) -> None:
         table.add_row(name, f"{b:.4f}" if b is not None else "–", f"{t:.4f}", f"{t - b:+.4f}" if b is not None else "")
     console = Console(soft_wrap=True)
     console.print(table)
+    if result.interrupted:
+        console.print(f"[yellow]stopped by Ctrl-C at step {result.steps} of {result.planned_steps}: the model is the best of "
+                      f"the evaluations so far (step {result.best['step']})[/yellow]")
     base_eval, tuned_eval = (result.base.get("eval") or {}).get("spearman_cosine"), result.best["metrics"]["spearman_cosine"]
     if base_eval is not None and tuned_eval <= base_eval:  # the same rule as a sweep's export
         console.print(
