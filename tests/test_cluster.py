@@ -8,6 +8,7 @@ using the sandbox's paths, also when the test fails.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -114,6 +115,11 @@ def test_slurm_sbatch():
     assert "RAY_AUTH_MODE=token" in text
     assert "pip install -c constraints.txt dist/stune-*.whl" in text
     assert "gpus_per_trial: 0.25" in text and "gpus_per_trial: 1" in text
+    # before the time limit the script, not every process of the job, gets a signal and passes it to the driver alone
+    assert "#SBATCH --signal=B:USR1@" in text and "kill -TERM $STUNE_PID' USR1" in text
+    assert 'stune sweep --resume --out "$RUN"' in text
+    missing = subprocess.run(["bash", str(path)], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert missing.returncode == 2 and "usage: sbatch slurm.sbatch SWEEP.yaml" in missing.stderr, missing.stderr
 
 
 # --------------------------------------------------------------------------- storage

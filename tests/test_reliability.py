@@ -38,7 +38,7 @@ import psutil
 import pytest
 import yaml
 
-from cli import STUNE, run_stune
+from cli import STUNE, assert_user_error, run_stune
 from cluster_helpers import is_loopback_listener, listeners
 from tiny import scored_pairs, words, write_csv
 
@@ -393,6 +393,9 @@ def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
     # 2. --resume; SIGKILL the driver as soon as 25 trials are done.
     second = start_sweep(root, "long-2", "--resume", "--out", run)
     wait_until(finished(25), second, 600, "25 finished trials")
+    # a second --resume, or --force, while it runs: two sweeps would write one run dir
+    obs["while_running"] = [run_stune("sweep", "--resume", "--out", run, timeout=120),
+                            run_stune("sweep", cfg, "--out", run, "--force", "--dry-run", timeout=120)]
     os.kill(second.sid, signal.SIGKILL)
     second.wait(30)
     obs["killed"] = {"rows": read_trials(run)}
@@ -418,7 +421,7 @@ def test_ctrl_c_stops_cleanly_prints_how_to_resume_and_resumes(long_run):
     assert ctrl_c["seconds"] < 60, f"Ctrl-C took {ctrl_c['seconds']:.0f} s to stop the sweep"
     assert "Traceback" not in ctrl_c["stderr"], ctrl_c["stderr"][-3000:]
     # One line says what a Ctrl-C does, in stune's words (Ray's says the same and names Ray's API).
-    assert ctrl_c["stderr"].count("stopping: saving the sweep's state") == 1, ctrl_c["stderr"][-3000:]
+    assert ctrl_c["stderr"].count("Ctrl-C: stopping; saving the sweep's state") == 1, ctrl_c["stderr"][-3000:]
     assert "Stop signal received" not in ctrl_c["stderr"], ctrl_c["stderr"][-3000:]
     assert "Failed to fetch metrics" not in ctrl_c["stderr"], ctrl_c["stderr"][-3000:]
     last = [line for line in ctrl_c["stderr"].splitlines() if line.strip()][-1]
@@ -484,6 +487,34 @@ def test_checkpoint_retention_holds_over_50_trials(long_run):
     assert weights == ["best/model.safetensors"], weights
     assert not list(run.rglob("optimizer.pt"))
     assert not list(run.glob(".*tmp*")) and not list(run.glob(".best.*"))
+
+
+@pytest.mark.slow
+def test_a_running_sweep_refuses_a_second_resume_or_force_and_its_crash_frees_the_run_dir(long_run):
+    resume, force = long_run["while_running"]
+    assert_user_error(resume, "a sweep is running there", "pid", "--resume")
+    assert_user_error(force, "a sweep is running there", "pid", "--force")
+    # the driver was SIGKILLed while it held the run dir: the third run resumed it all the same
+    assert long_run["rc"] == 0, long_run["third"].tail()
+    assert not (long_run["run"] / ".stune-running").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_as_ctrl_c_does(start_sweep, tiny_model, scored_data, tmp_path):
+    """SIGTERM to the driver (Kubernetes stopping a pod, `kill PID`, a batch job's signal forwarded
+    to it): Ray saves the sweep's state, exit 143, the --resume command is printed."""
+    config = {"model": tiny_model, "data": scored_data, "max_steps": 10**6, "eval_steps": 200, "trials": 2,
+              "scheduler": "none", "search": {"losses": ["CoSENTLoss"]}}
+    run = tmp_path / "run"
+    sweep = start_sweep(tmp_path, "term", write_config(tmp_path / "c.yaml", config), "--out", run)
+    wait_until(lambda: checkpoint_dirs(run), sweep, 300, "a first checkpoint")
+    os.kill(sweep.sid, signal.SIGTERM)
+    assert sweep.wait(120) == 143, sweep.tail()
+    assert sweep.stderr().count("SIGTERM: stopping; saving the sweep's state") == 1, sweep.tail()
+    lines = [line for line in sweep.stderr().splitlines() if line.strip()]
+    assert lines[-1] == f"interrupted; the run directory is kept, continue with: stune sweep --resume --out {run}", sweep.tail()
+    assert sweep.wait_session_gone(20) == [], "Ray processes outlived the stopped sweep"
+    assert "Traceback" not in sweep.stderr() and not (run / ".stune-running").exists(), sweep.tail()
 
 
 @pytest.mark.slow

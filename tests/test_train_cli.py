@@ -270,9 +270,9 @@ def test_data_folder_skips_editor_backups(tmp_path):
     assert _data_folder(tmp_path) == {"train": str(tmp_path / "train.csv"), "eval": str(tmp_path / "validation.parquet")}
 
 
-def _train_then_ctrl_c(cfg, out, presses: int) -> tuple[int, str]:
-    """`stune train` in its own process group; Ctrl-C (SIGINT to the group, as a terminal sends it)
-    ``presses`` times once training is under way."""
+def _train_then_signal(cfg, out, signum, presses: int) -> tuple[int, str]:
+    """`stune train` in its own process group; ``signum`` to the group (SIGINT: Ctrl-C as a terminal
+    sends it; SIGTERM: as scancel or Kubernetes do) ``presses`` times once training is under way."""
     import os
     import signal
     import subprocess
@@ -291,25 +291,27 @@ def _train_then_ctrl_c(cfg, out, presses: int) -> tuple[int, str]:
         time.sleep(0.1)
     time.sleep(3)
     for _ in range(presses):
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signum)
         time.sleep(0.05)
     code = proc.wait(timeout=120)
     reader.join(timeout=10)
     return code, "".join(lines) + proc.stdout.read()
 
 
-def test_ctrl_c_keeps_the_best_model_so_far_and_twice_abandons_the_run(tiny_model, scored_data, tmp_path):
-    # a run far too long to finish: Ctrl-C is how it ends
+def test_ctrl_c_or_sigterm_keeps_the_best_model_so_far_and_twice_abandons_the_run(tiny_model, scored_data, tmp_path):
+    import signal
+
+    # a run far too long to finish: a signal is how it ends (SIGTERM: a batch job's time limit, a pod deleted)
     cfg = write_config(tmp_path / "c.yaml", model=tiny_model, data=scored_data, max_steps=10**6, eval_steps=10**6,
                        per_device_train_batch_size=8)
-    code, output = _train_then_ctrl_c(cfg, tmp_path / "out", presses=1)
-    assert code == 130, output[-3000:]
-    assert "stopped by Ctrl-C at step" in output, output[-3000:]
+    code, output = _train_then_signal(cfg, tmp_path / "out", signal.SIGTERM, presses=1)
+    assert code == 143, output[-3000:]
+    assert "stopped by SIGTERM at step" in output, output[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["interrupted"] and 0 < metrics["steps"] < metrics["planned_steps"] == 10**6
+    assert metrics["interrupted"] == "SIGTERM" and 0 < metrics["steps"] < metrics["planned_steps"] == 10**6
     assert [h["step"] for h in metrics["history"]] == [metrics["steps"]]  # the step it stopped at was evaluated
     assert "test" in metrics and SentenceTransformer(str(tmp_path / "out" / "model")).encode(["nurse"]).shape == (1, 32)
     # twice: nothing is written, not even the temp folder
-    code, output = _train_then_ctrl_c(cfg, tmp_path / "again", presses=2)
+    code, output = _train_then_signal(cfg, tmp_path / "again", signal.SIGINT, presses=2)
     assert code == 130 and "interrupted (Ctrl-C): nothing was written" in output, output[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "out"]

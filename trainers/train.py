@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from trainers.config import TrainConfig, eval_interval, input_paths, move_into_place, refuse_out_holding_inputs
 from trainers.data import Splits, adapt, load_splits
-from trainers.errors import StuneError, TrainingError
+from trainers.errors import Interrupted, StuneError, TrainingError
 from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, evaluate_untuned, selection_key, short_metrics
 from trainers.losses import get_loss
 from trainers.model import load_model, model_label
@@ -53,7 +53,7 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     planned_steps: int = 0
-    interrupted: bool = False  # stopped early by Ctrl-C: the best of the evaluations so far
+    interrupted: str | None = None  # "Ctrl-C"/"SIGTERM" if that stopped it early: the best of the evaluations so far
 
 
 def total_steps(config: TrainConfig, n_train: int) -> int:
@@ -186,7 +186,7 @@ def fine_tune(
         steps=watcher.history[-1]["step"],
         seconds=time.monotonic() - started,
         planned_steps=n_steps,
-        interrupted=bool(stop and stop.requested) and watcher.history[-1]["step"] < n_steps,
+        interrupted=stop.signal_name if stop and stop.requested and watcher.history[-1]["step"] < n_steps else None,
     )
     if splits.test:
         result.test = evaluate(best_model, splits.test, "test")
@@ -285,30 +285,35 @@ class _Watcher(TrainerCallback):
 
 
 class GracefulStop:
-    """Ctrl-C during training ends it at the current step, which is evaluated, so the run keeps
-    the best model so far; a second Ctrl-C, or one before training began, abandons the run."""
+    """Ctrl-C (or SIGTERM) during training ends it at the current step, which is evaluated, so the
+    run keeps the best model so far; a second one, or one before training began, abandons the run."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
         self.training = False
+        self.signal_name = "Ctrl-C"
 
     @contextlib.contextmanager
     def on_ctrl_c(self) -> Iterator[GracefulStop]:
         if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
             yield self
             return
-        previous = signal.signal(signal.SIGINT, self._handle)
+        previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
         if not self.training or self.requested:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.requested = True
-        log.warning("Ctrl-C: stopping after this step, which is evaluated; the best model so far is kept "
-                    "(Ctrl-C again to abandon the run and write nothing)")
+        self.signal_name = Interrupted(signum).signal_name
+        log.warning("%s: stopping after this step, which is evaluated; the best model so far is kept "
+                    "(Ctrl-C again to abandon the run and write nothing)", self.signal_name)
 
 
 def _save_schedule_and_rng(checkpoint: Path, lr_scheduler) -> None:

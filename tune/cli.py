@@ -97,8 +97,8 @@ class _UserErrors:
         if isinstance(exc, (StuneError, ClusterError)):
             _fail(str(exc))
         if isinstance(exc, KeyboardInterrupt):  # train, export and report write all or nothing
-            typer.echo("interrupted (Ctrl-C): nothing was written", err=True)
-            raise typer.Exit(130)
+            typer.echo(f"interrupted ({getattr(exc, 'signal_name', 'Ctrl-C')}): nothing was written", err=True)
+            raise typer.Exit(getattr(exc, "exit_code", 130))
         return False
 
 
@@ -144,7 +144,7 @@ def train(
         result = train_to_dir(cfg, out, splits=splits, force=force, verbose=verbose)
     _print_train_result(result, out)
     if result.interrupted:  # written, but not the run that was asked for: a script must not take it for one
-        raise typer.Exit(130)
+        raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130)
 
 
 def _refuse_sweep_keys(config: Path | None) -> None:
@@ -178,7 +178,7 @@ def _print_train_result(result, out: Path) -> None:
     console = Console(soft_wrap=True)
     console.print(table)
     if result.interrupted:
-        console.print(f"[yellow]stopped by Ctrl-C at step {result.steps} of {result.planned_steps}: the model is the best of "
+        console.print(f"[yellow]stopped by {result.interrupted} at step {result.steps} of {result.planned_steps}: the model is the best of "
                       f"the evaluations so far (step {result.best['step']})[/yellow]")
     base_eval, tuned_eval = (result.base.get("eval") or {}).get("spearman_cosine"), result.best["metrics"]["spearman_cosine"]
     if base_eval is not None and tuned_eval <= base_eval:  # the same rule as a sweep's export
@@ -278,11 +278,11 @@ def sweep(
                     cfg, out, address=address, storage=storage, resume=resume, force=force, verbose=verbose,
                     on_event=on_event, warm_start_from=warm_start_from, mlflow=mlflow,
                 )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             from tune.faults import resume_hint
 
             typer.echo(f"\n{resume_hint(out, storage)}", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(getattr(exc, "exit_code", 130))
     _print_sweep_summary(summary)
 
 

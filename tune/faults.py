@@ -5,9 +5,10 @@
   ``ERROR_KEY``; ``StopOnTrialError`` ends the trial there. Ray's ``FailureConfig`` retries are
   kept for crashes (a killed worker, a lost node), which resume from the last checkpoint;
   retrying a deterministic error would only fail the same way again, ``max_failures`` times.
-- Ctrl-C (``graceful_ctrl_c``): Ray Tune stops the trials and saves its experiment state one last
-  time, then ``run_sweep`` raises ``KeyboardInterrupt`` instead of writing a summary, and the CLI
-  prints the ``--resume`` command (``resume_hint``). A second Ctrl-C stops at once.
+- Ctrl-C or SIGTERM (``graceful_ctrl_c``; SIGTERM is how SLURM's scancel or time limit and
+  Kubernetes stop a job): Ray Tune stops the trials and saves its experiment state one last
+  time, then ``run_sweep`` raises ``Interrupted`` (a ``KeyboardInterrupt``) instead of writing a
+  summary, and the CLI prints the ``--resume`` command (``resume_hint``). A second one stops at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Callable, Iterator
 
 from ray.tune import Stopper
 
+from trainers.errors import Interrupted
 from tune.trainable import ERROR_KEY
 
 log = logging.getLogger("stune.sweep")
@@ -48,13 +50,18 @@ class StopOnTrialError(Stopper):
 @dataclass
 class Interruption:
     interrupted: bool = False
+    signum: int = signal.SIGINT
+
+
+#: The signals that stop a sweep gracefully: Ctrl-C, and what batch schedulers and Kubernetes send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
 def graceful_ctrl_c() -> Iterator[Interruption]:
-    """While ``Tuner.fit`` runs: the first Ctrl-C asks Ray Tune to stop gracefully (it saves the
-    experiment state, so the run directory stays resumable) and is remembered; a second one raises
-    ``KeyboardInterrupt`` at once.
+    """While ``Tuner.fit`` runs: the first Ctrl-C or SIGTERM asks Ray Tune to stop gracefully (it
+    saves the experiment state, so the run directory stays resumable) and is remembered; a second
+    one raises ``Interrupted`` at once.
 
     Ray's own SIGINT handler stops just as gracefully but lets ``fit`` return as if the sweep had
     finished; here Ray's handler is turned off (``TUNE_DISABLE_SIGINT_HANDLER``) and called by
@@ -64,18 +71,19 @@ def graceful_ctrl_c() -> Iterator[Interruption]:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield state
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
     def on_sigint(signum, frame):
         if state.interrupted:
-            raise KeyboardInterrupt
-        state.interrupted = True
+            raise Interrupted(signum)
+        state.interrupted, state.signum = True, signum
         ray_stop = signal.getsignal(signal.SIGUSR1)
         if not callable(ray_stop):  # fit() has not started yet (or has ended): nothing to save
-            raise KeyboardInterrupt
-        log.warning("stopping: saving the sweep's state so that it can be resumed (Ctrl-C again to stop at once)")
+            raise Interrupted(signum)
+        log.warning("%s: stopping; saving the sweep's state so that it can be resumed (Ctrl-C again to stop at once)",
+                    Interrupted(signum).signal_name)
         # Ray repeats that line in its own words, warns that trials stopped before their first
         # result have no metrics, and ends by suggesting Tuner.restore(...); stune prints its own
         # --resume command instead.
@@ -83,11 +91,13 @@ def graceful_ctrl_c() -> Iterator[Interruption]:
             logging.getLogger(name).setLevel(logging.ERROR)
         ray_stop(signum, frame)
 
-    signal.signal(signal.SIGINT, on_sigint)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_sigint)
     try:
         yield state
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if previous_env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:

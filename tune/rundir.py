@@ -291,3 +291,59 @@ class RunDir:
     def download_dir(self, name: str, local: str) -> str:
         pafs.copy_files(self.join(name), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return local
+
+
+RUNNING = ".stune-running"  # held (flock) by the process whose sweep runs in this run dir
+
+
+class SweepRunning:
+    """Which process runs a sweep in a local run dir, so a second ``--resume`` or ``--force`` there
+    is refused instead of two sweeps writing one run dir. An OS lock on a file: it goes with the
+    process, so a crashed sweep leaves nothing to clean up. Remote run dirs (S3...) are not locked."""
+
+    def __init__(self, run_dir: RunDir):
+        self.path = os.path.join(run_dir.path, RUNNING) if run_dir.is_local else None
+        self.file = None
+
+    def holder(self) -> str | None:
+        """Who runs a sweep here now ("pid 123 on host, since ..."), or None."""
+        import fcntl
+
+        if self.path is None or not os.path.isfile(self.path):
+            return None
+        with open(self.path) as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return probe.read().strip() or "another process"
+            fcntl.flock(probe, fcntl.LOCK_UN)
+        return None
+
+    def take(self) -> None:
+        import fcntl
+        import socket
+        import time
+
+        if self.path is None:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise RuntimeError(holder) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.file.flush()
+
+    def release(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.file.close()  # closing drops the lock
+            self.file = None
