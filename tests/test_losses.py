@@ -51,3 +51,23 @@ def test_loss_params_are_validated():
         spec.check_params({"scale": 3})
     with pytest.raises(ValueError, match="TripletLoss.distance must be one of"):
         spec.check_params({"distance": "chebyshev"})
+
+
+def test_the_token_limit_is_read_from_the_models_position_embeddings(tmp_path):
+    """BERT's 512 positions hold 512 tokens; RoBERTa and MPNet number positions after the padding
+    index, so 514 hold 512; a model whose config names no positions (rotary) has no limit here."""
+    import json
+
+    from trainers.model import model_max_tokens
+
+    for name, config, expected in (
+        ("bert", {"model_type": "bert", "max_position_embeddings": 512, "pad_token_id": 0}, 512),
+        ("roberta", {"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}, 512),
+        ("mpnet", {"model_type": "mpnet", "max_position_embeddings": 514, "pad_token_id": 1}, 512),
+        ("rotary", {"model_type": "modernbert"}, None),
+    ):
+        folder = tmp_path / name
+        (folder / "0_Transformer").mkdir(parents=True)  # the layout older sentence-transformers saved
+        (folder / "modules.json").write_text(json.dumps([{"path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]))
+        (folder / "0_Transformer" / "config.json").write_text(json.dumps(config))
+        assert model_max_tokens(folder) == expected, name

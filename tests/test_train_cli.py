@@ -314,3 +314,16 @@ def test_ctrl_c_or_sigterm_keeps_the_best_model_so_far_or_before_training_writes
     code, output = _train_then_signal(cfg, tmp_path / "again", signal.SIGINT, after="train data", wait=0)
     assert code == 130 and "interrupted (Ctrl-C): nothing was written" in output, output[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "out"]
+
+
+def test_texts_longer_than_the_model_takes_are_cut_to_its_limit(tiny_model, scored_data, tmp_path):
+    # max_seq_length left at its default (128) on a model with 64 positions: texts are cut at 64
+    # tokens, as sentence-transformers does, instead of a tensor-size error at the first long one
+    rows = Path(scored_data["train"]).read_text().splitlines()
+    long_text = " ".join(row.split(",")[0] for row in rows[1:60])
+    (tmp_path / "train.csv").write_text("\n".join([rows[0], *(f"{long_text} {row}" for row in rows[1:])]) + "\n")
+    cfg = write_config(tmp_path / "c.yaml", model=tiny_model, data={**scored_data, "train": str(tmp_path / "train.csv")},
+                       max_steps=2, per_device_train_batch_size=8)
+    proc = run_stune("train", cfg, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SentenceTransformer(str(tmp_path / "out" / "model")).max_seq_length == 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from trainers.errors import ModelError
@@ -28,6 +29,44 @@ def resolve_model_path(model: str | None) -> str:
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
         raise ModelError(f"model: {model!r} has no modules.json or config.json; it is not a SentenceTransformer folder")
     return str(path)
+
+
+#: Models whose position ids start after the padding index (RoBERTa's scheme): 514 positions hold 512 tokens.
+_POSITIONS_AFTER_PADDING = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "xlm-roberta-xl"}
+
+
+def model_max_tokens(path: str | Path) -> int | None:
+    """The most tokens the model at ``path`` takes: what its position embeddings hold (``config.json``);
+    None if it does not say (e.g. rotary position encodings). Read from the folder's files, without
+    loading the model."""
+    import json
+
+    folder = Path(path)
+    with contextlib.suppress(OSError, ValueError, TypeError, StopIteration):
+        modules = json.loads((folder / "modules.json").read_text())
+        folder = folder / next(m.get("path", "") for m in modules if m.get("type", "").endswith("Transformer"))
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if config.get("model_type") in _POSITIONS_AFTER_PADDING and isinstance(config.get("pad_token_id"), int):
+        positions -= config["pad_token_id"] + 1
+    return positions
+
+
+def check_max_seq_length(config, model_path: str) -> None:
+    """A ``max_seq_length`` the config sets above what the model takes fails here, before training,
+    instead of as a tensor-size error at the first long text. (Left at its default, it is lowered
+    to the model's limit when the model is loaded.)"""
+    if "max_seq_length" not in config.model_fields_set or config.max_seq_length is None:
+        return
+    limit = model_max_tokens(model_path)
+    if limit is not None and config.max_seq_length > limit:
+        raise ModelError(f"max_seq_length: {config.max_seq_length} is more than the model takes ({limit} tokens, "
+                         f"{model_path}); set max_seq_length to {limit} or less")
 
 
 def _hub_cache_snapshot(model: str) -> Path | None:
@@ -57,7 +96,8 @@ def load_model(model: str | None, *, max_seq_length: int | None = None, trust_re
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelError(f"model: {path!r} could not be loaded as a SentenceTransformer ({first})") from None
     if max_seq_length is not None:
-        st.max_seq_length = max_seq_length
+        limit = model_max_tokens(path)
+        st.max_seq_length = min(max_seq_length, limit) if limit else max_seq_length
     return st
 
 
