@@ -423,17 +423,28 @@ def test_a_sweep_whose_every_trial_errors_fails_and_says_where_to_look(tiny_mode
     assert [r["status"] for r in read_trials(tmp_path / "run")] == ["errored", "errored"]
 
 
-def test_python_api_sweeps_and_exports(tiny_model, scored_data, tmp_path):
+def test_python_api_sweeps_and_exports(tiny_model, scored_data, tmp_path, monkeypatch, capsys):
+    import os
+
     from sentence_transformers import SentenceTransformer
 
     import tune.engine  # noqa: F401  (what the CLI and other code import first must not shadow the API)
     import tune.exporter  # noqa: F401
     from tune import export, sweep
 
-    summary = sweep(sweep_config(tiny_model, scored_data, trials=2, max_steps=4), out=str(tmp_path / "run"))
-    assert summary == json.loads((tmp_path / "run" / "summary.json").read_text())
+    # a notebook in its own folder, with paths relative to it
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    monkeypatch.chdir(notebook)
+    relative = {split: os.path.relpath(path, notebook) for split, path in scored_data.items()}
+    summary = sweep(sweep_config(os.path.relpath(tiny_model, notebook), relative, trials=2, max_steps=4), out="run")
+    run = notebook / "run"
+    assert summary == json.loads((run / "summary.json").read_text())
     assert summary["counts"]["completed"] + summary["counts"]["stopped_early"] == 2
-    result = export(str(tmp_path / "run"), str(tmp_path / "model"), force=True)
+    assert capsys.readouterr().err.count("[1/2] trial ") == 1  # a line per finished trial, as the CLI prints
+    assert json.loads((run / "sweep.json").read_text())["config"]["data"]["train"] == scored_data["train"]
+    monkeypatch.chdir(tmp_path)  # the run dir works from anywhere
+    result = export(str(run), str(tmp_path / "model"), force=True)
     assert result["scores"]["eval"][OBJECTIVE] == pytest.approx(summary["best"][OBJECTIVE], abs=1e-4)
     assert SentenceTransformer(str(tmp_path / "model")).encode(["nurse"]).shape == (1, 32)
     assert (tmp_path / "model" / "stune_train.yaml").exists()

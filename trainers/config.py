@@ -206,7 +206,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         # exist there (e.g. a hub id) are left for the loader to report.
         if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
             candidate = base / value
-            return str(candidate) if candidate.exists() else value
+            return str(candidate.resolve()) if candidate.exists() else value  # resolved: "../data" reads as where it is
         return value
 
     raw = dict(raw)

@@ -7,11 +7,13 @@ to ``summary.json``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as futures_wait
 from typing import Any, Callable
@@ -442,7 +444,10 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=startup),
         "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup),
-    }[config.searcher]()
+    }[config.searcher]
+    with warnings.catch_warnings():  # multivariate/group are "experimental" to Optuna: chosen here on purpose
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = sampler()
     if config.initial_points is None:
         # The config's own recipe first, so the sweep starts from what `stune train` gives; a warm
         # start instead begins from the old sweep's trials, which tell the searcher more.
@@ -563,16 +568,23 @@ def write_summary(
 
 
 def sweep(config: SweepConfig | dict | str | None = None, out: str | None = None, **kwargs) -> dict[str, Any]:
-    """Notebook entry point: ``from tune import sweep; summary = sweep({"trials": 8})``."""
+    """Notebook entry point: ``from tune import sweep; summary = sweep({"trials": 8})``. Relative
+    paths in a dict are read in the working directory (and recorded absolute, as the CLI does); a
+    line per finished trial is printed unless ``on_event`` is given."""
     from tune.config import load_sweep_config
-    from trainers.config import parse_config
+    from tune.progress import progress_for
+    from trainers.config import parse_config, with_overrides
 
     if isinstance(config, dict):
-        config = parse_config(SweepConfig, config)
+        config = parse_config(SweepConfig, with_overrides(copy.deepcopy(config), {}))
     elif config is None or isinstance(config, str):
         config = load_sweep_config(config)
     out = out or default_run_dir()
-    return run_sweep(config, out, **kwargs)
+    if "on_event" in kwargs:
+        return run_sweep(config, out, **kwargs)
+    budget = parse_duration(config.time_budget) if config.time_budget else None
+    with progress_for(config.trials, verbose=kwargs.get("verbose", False), live=False, time_budget_s=budget) as on_event:
+        return run_sweep(config, out, on_event=on_event, **kwargs)
 
 
 def default_run_dir() -> str:
