@@ -164,9 +164,6 @@ def cases(model: str, data: dict[str, str]) -> dict[str, Case]:
                                                    files={"d/train.csv": csv_text(["sentence1", "sentence2", "score"], GOOD_ROWS)}),
         # -- model
         "model is not a folder": Case(["sweep", "--model", "{case}/no-model", "--out", "{out}"], ["not a local folder"]),
-        # a tensor-size crash at the first text longer than the model's 64 positions, before
-        "max_seq_length above what the model takes": Case(sweep, ["max_seq_length: 256", "(64 tokens", "64 or less"],
-                                                          cfg(max_seq_length=256)),
         "model folder is not a SentenceTransformer": Case(["sweep", "--model", "{case}/m", "--out", "{out}"],
                                                           ["not a SentenceTransformer"], files={"m/weights.bin": "x"}),
         # -- command line

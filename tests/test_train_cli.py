@@ -327,3 +327,10 @@ def test_texts_longer_than_the_model_takes_are_cut_to_its_limit(tiny_model, scor
     proc = run_stune("train", cfg, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert SentenceTransformer(str(tmp_path / "out" / "model")).max_seq_length == 64
+    assert "max_seq_length" not in proc.stderr, proc.stderr[-3000:]
+    # set above the model's limit (a recipe written for another model): the same, and the user is told
+    cfg = write_config(tmp_path / "c.yaml", **{**yaml.safe_load(cfg.read_text()), "max_seq_length": 256})
+    proc = run_stune("train", cfg, "--out", tmp_path / "out256")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: max_seq_length 256 is more than the model takes (64 tokens" in proc.stderr, proc.stderr[-3000:]
+    assert SentenceTransformer(str(tmp_path / "out256" / "model")).max_seq_length == 64

@@ -57,16 +57,18 @@ def model_max_tokens(path: str | Path) -> int | None:
     return positions
 
 
-def check_max_seq_length(config, model_path: str) -> None:
-    """A ``max_seq_length`` the config sets above what the model takes fails here, before training,
-    instead of as a tensor-size error at the first long text. (Left at its default, it is lowered
-    to the model's limit when the model is loaded.)"""
+def max_seq_length_warning(config, model_path: str) -> str | None:
+    """The warning for a ``max_seq_length`` the config sets above what the model takes: the model
+    is loaded with its own limit instead (as it is when the default is above it), since a text
+    longer than the position embeddings would end the run with a tensor-size error. A recipe
+    written for one model stays usable with another this way."""
     if "max_seq_length" not in config.model_fields_set or config.max_seq_length is None:
-        return
+        return None
     limit = model_max_tokens(model_path)
-    if limit is not None and config.max_seq_length > limit:
-        raise ModelError(f"max_seq_length: {config.max_seq_length} is more than the model takes ({limit} tokens, "
-                         f"{model_path}); set max_seq_length to {limit} or less")
+    if limit is None or config.max_seq_length <= limit:
+        return None
+    return (f"warning: max_seq_length {config.max_seq_length} is more than the model takes ({limit} tokens, {model_path}): "
+            f"texts are cut at {limit} tokens; set max_seq_length to {limit} or less to silence this")
 
 
 def _hub_cache_snapshot(model: str) -> Path | None:

@@ -123,7 +123,7 @@ def train(
         from trainers.errors import ConfigError
 
         from trainers.data import load_splits
-        from trainers.model import check_max_seq_length, resolve_model_path
+        from trainers.model import max_seq_length_warning, resolve_model_path
 
         # No config: the demo run on the embedded data, sized for a few minutes on 2 CPU cores.
         demo = {} if config else {"max_steps": DEFAULT_TRAIN_STEPS, "eval_steps": DEFAULT_TRAIN_STEPS // 2}
@@ -134,7 +134,8 @@ def train(
         if out.exists() and any(out.iterdir()) and not force:
             raise ConfigError(f"--out {out} already exists and is not empty; pass --force to replace it or choose another --out")
         splits = load_splits(cfg)  # bad data and model paths fail here, before torch is imported
-        check_max_seq_length(cfg, resolve_model_path(cfg.model))
+        if warning := max_seq_length_warning(cfg, resolve_model_path(cfg.model)):
+            logging.getLogger("stune").warning(warning)
         from trainers.evaluation import selection_warnings
 
         for warning in selection_warnings(splits, "checkpoint"):
@@ -254,7 +255,7 @@ def sweep(
                 refuse_out_holding_inputs(where.path, {"CONFIG": config})
         if dry_run:
             from trainers.data import load_splits
-            from trainers.model import check_max_seq_length, resolve_model_path
+            from trainers.model import max_seq_length_warning, resolve_model_path
             from tune.plan import plan_lines
             from tune.engine import check_run_dir, sweep_inputs
 
@@ -262,13 +263,14 @@ def sweep(
             where = run_dir.uri + (" (exists: --force empties it when the sweep starts)" if not run_dir.is_empty() else "")
             splits = load_splits(cfg)
             model_path = resolve_model_path(cfg.model)
-            check_max_seq_length(cfg, model_path)
             lines = plan_lines(cfg, splits, model_path, out=where)
             typer.echo("\n".join(lines))
             from trainers.evaluation import selection_warnings
 
-            for warning in selection_warnings(splits, "trial"):  # what the sweep would warn of, checked now
-                logging.getLogger("stune").warning(warning)
+            # what the sweep would warn of, checked now
+            for warning in [*selection_warnings(splits, "trial"), max_seq_length_warning(cfg, model_path)]:
+                if warning:
+                    logging.getLogger("stune").warning(warning)
             return
         try:
             from tune.progress import progress_for

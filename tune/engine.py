@@ -119,7 +119,7 @@ def run_sweep(
         if saved:  # the sweep goes on exactly as it was defined
             config = SweepConfig.model_validate(saved["config"])
 
-        from trainers.model import check_max_seq_length, resolve_model_path
+        from trainers.model import max_seq_length_warning, resolve_model_path
         from trainers.data import load_splits
 
         splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
@@ -129,8 +129,8 @@ def run_sweep(
                 log.warning("%s left out of the search: it cannot train on data.train (%s)", loss, why)
         space = SearchSpace(config)  # and an initial point the space cannot take
         model_path = resolve_model_path(config.model)
-        if not saved:  # a resumed sweep trains as it did
-            check_max_seq_length(config, model_path)
+        if not saved and (warning := max_seq_length_warning(config, model_path)):  # a resumed sweep said it before
+            log.warning(warning)
         seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
         _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
 
