@@ -34,17 +34,18 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 def shared_cli_sweep(tmp_path_factory, model: str, data: dict):
-    """(run_dir, CompletedProcess) of ``stune sweep sweep.yaml --data data --model M --out run`` (6 trials,
-    12 steps), typed as a user would: in the sweep's folder, with paths relative to it."""
+    """(run_dir, CompletedProcess) of ``stune sweep sweep.yaml --data 'my data' --model M --out 'my run'``
+    (6 trials, 12 steps), typed as a user would: in the sweep's folder, with paths relative to it (and
+    spaces in them, which every command and every command stune prints must take)."""
     key = str(tmp_path_factory.getbasetemp())
     if key not in _runs:
         root = tmp_path_factory.mktemp("shared-sweep")
-        (root / "data").mkdir()
+        (root / "my data").mkdir()
         for split, path in data.items():
-            shutil.copy(path, root / "data" / f"{split}.csv")
+            shutil.copy(path, root / "my data" / f"{split}.csv")
         write_config(root / "sweep.yaml", {k: v for k, v in sweep_config(model, data).items() if k not in ("model", "data")})
-        run_dir = root / "run"
-        proc = run_stune("sweep", "sweep.yaml", "--data", "data", "--model", os.path.relpath(model, root), "--out", "run",
+        run_dir = root / "my run"
+        proc = run_stune("sweep", "sweep.yaml", "--data", "my data", "--model", os.path.relpath(model, root), "--out", "my run",
                          cwd=root, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         _runs[key] = (run_dir, proc)

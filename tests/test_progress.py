@@ -53,10 +53,10 @@ def test_sweep_summary_is_one_line_per_fact_and_its_export_command_fits_the_outc
     assert len(best_lines) == 1, proc.stdout
     assert f"{best[OBJECTIVE]:.4f}" in best_lines[0] and f"trial {best['trial_id']} step {best['step']}" in best_lines[0]
 
-    def export_hint(beats_baseline: bool) -> str:  # the run dir as the user typed it ("run", in its folder)
+    def export_hint(beats_baseline: bool) -> str:  # the run dir as the user typed it ("my run", in its folder), quoted
         if beats_baseline:
-            return "export it with: stune export run --out <folder>"
-        return "export it anyway with: stune export run --out <folder> --force"  # export refuses without it
+            return "export it with: stune export 'my run' --out <folder>"
+        return "export it anyway with: stune export 'my run' --out <folder> --force"  # export refuses without it
 
     assert proc.stdout.splitlines()[-1] == export_hint(summary["beats_baseline"]), proc.stdout
     _print_sweep_summary({**summary, "beats_baseline": not summary["beats_baseline"]})  # the other outcome

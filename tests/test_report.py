@@ -157,7 +157,7 @@ def test_a_sweep_typed_with_relative_paths_exports_from_any_directory(swept, tmp
     recipe = yaml.safe_load((tmp_path / "model" / "stune_train.yaml").read_text())
     for path in (recipe["model"], *recipe["data"].values()):
         assert Path(path).is_absolute() and Path(path).exists(), recipe
-    assert Path(recipe["data"]["eval"]).parent == swept.parent / "data"
+    assert Path(recipe["data"]["eval"]).parent == swept.parent / "my data"
 
 
 def test_a_sweep_whose_trials_all_errored_says_why_in_report_and_export(swept, tmp_path):

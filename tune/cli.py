@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -326,7 +327,7 @@ def _print_sweep_summary(summary: dict) -> None:
         console.print("[red]no trial finished an evaluation[/red]")
         started = sum(n for status, n in counts.items() if status != "pending")
         if counts["errored"]:
-            console.print(f"why each trial failed: stune report {summary['run_dir']}", highlight=False)
+            console.print(f"why each trial failed: stune report {shlex.quote(summary['run_dir'])}", highlight=False)
         elif not started:  # they queued for resources until the time budget ended the sweep
             console.print("no trial started before the time budget ran out: each waited for the CPUs/GPUs it asks; "
                           "add them to the cluster, lower cpus_per_trial/gpus_per_trial, or lengthen --time-budget")
@@ -342,10 +343,10 @@ def _print_sweep_summary(summary: dict) -> None:
         f" — trial {best['trial_id']} step {best['step']}: {params}"
     )
     if summary["beats_baseline"]:
-        console.print(f"export it with: stune export {summary['run_dir']} --out <folder>", highlight=False)
+        console.print(f"export it with: stune export {shlex.quote(summary['run_dir'])} --out <folder>", highlight=False)
     else:
         console.print("[yellow]no trial beat the untuned base model: keep the base model, or widen the search[/yellow]")
-        console.print(f"export it anyway with: stune export {summary['run_dir']} --out <folder> --force", highlight=False)
+        console.print(f"export it anyway with: stune export {shlex.quote(summary['run_dir'])} --out <folder> --force", highlight=False)
 
 
 @app.command()
@@ -371,7 +372,7 @@ def export(
     if result.get("mlflow_run_id"):
         line += f"; logged to MLflow run {result['mlflow_run_id']}"
     typer.echo(line)
-    typer.echo(f"to train the winner again or scale it up: stune train {Path(out) / 'stune_train.yaml'} --out DIR")
+    typer.echo(f"to train the winner again or scale it up: stune train {shlex.quote(str(Path(out) / 'stune_train.yaml'))} --out DIR")
 
 
 @app.command()

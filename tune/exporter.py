@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ def load_run(uri: str) -> tuple[RunDir, SweepConfig, dict[str, Any], dict[str, A
         if run_dir.exists(SUMMARY):  # the sweep is over: nothing will come
             errored = run_dir.read_json(SUMMARY).get("counts", {}).get("errored", 0)
             raise ExportError(f"{uri}: the sweep ended with no trial evaluated ({errored} errored), so there is nothing to export; "
-                              f"`stune report {uri}` says why each trial failed")
+                              f"`stune report {shlex.quote(uri)}` says why each trial failed")
         raise ExportError(f"{uri}: no trial has completed an evaluation yet, so there is nothing to export")
     return run_dir, SweepConfig.model_validate(sweep["config"]), sweep, run_dir.read_json(BEST_JSON)
 

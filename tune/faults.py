@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import threading
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def graceful_ctrl_c() -> Iterator[Interruption]:
 def resume_hint(out: str, storage: str | None = None) -> str:
     """What to tell a user whose sweep was interrupted: the ``--resume`` command, or, when the
     sweep had not started yet, that there is nothing to resume."""
-    storage_flag = f" --storage {storage}" if storage else ""
+    storage_flag = f" --storage {shlex.quote(storage)}" if storage else ""
     try:
         from tune.rundir import RunDir
 
@@ -119,6 +120,6 @@ def resume_hint(out: str, storage: str | None = None) -> str:
     except Exception:  # noqa: BLE001 - a hint must never fail; assume the usual case
         resumable, empty = True, False
     if resumable:
-        return f"interrupted; the run directory is kept, continue with: stune sweep --resume --out {out}{storage_flag}"
+        return f"interrupted; the run directory is kept, continue with: stune sweep --resume --out {shlex.quote(out)}{storage_flag}"
     again = "" if empty else f" (add --force: --out {out} holds files from this attempt)"
     return f"interrupted before the first trial started; nothing to resume: run the same stune sweep command again{again}"
