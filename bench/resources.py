@@ -17,6 +17,9 @@ Targets: peak RSS per trial worker <= 1.5 GB (MiniLM); peak checkpoint disk <=
 
 from __future__ import annotations
 
+import collections
+import csv
+import json
 import os
 import sys
 import threading
@@ -183,6 +186,12 @@ def main() -> None:
         ["peak checkpoint disk", f"{sampler.disk_peak / MB:.0f} MB", f"<= {disk_bound / MB:.0f} MB", common.verdict(met_disk)],
     ])
     plot_path = plot(sampler.disk_series, sampler.rss_series, disk_bound, checkpoint_size, bench.out / f"{bench.stem}.png", model_label, trials, concurrency)
+    peaks = trial_at_peaks(run_dir, sampler)
+    common.table("Trial running at each worker's peak", ["worker pid", "peak RSS, MB", "trial", "loss", "batch", "peak inside its reports"],
+                 [[p["pid"], p["rss"] / MB, p["trial_id"], p["loss"], p["batch"], p["inside_trial"]] for p in peaks])
+    with open(run_dir / "trials.csv", newline="") as fh:
+        mix = collections.Counter((row["loss"], row["per_device_train_batch_size"]) for row in csv.DictReader(fh))
+    common.table("Trials by loss and batch size", ["loss", "batch", "trials"], [[loss, batch, n] for (loss, batch), n in sorted(mix.items())])
     after = checkpoint_bytes(run_dir, tmp)
     after.pop("_largest", None)
     print(f"checkpoint disk after the sweep: {sum(after.values()) / MB:.0f} MB ({', '.join(f'{k} {v / MB:.0f}' for k, v in after.items())})")
@@ -198,8 +207,34 @@ def main() -> None:
         "disk_series": sampler.disk_series[:: max(1, len(sampler.disk_series) // 400)],
         "worker_rss_series": {str(pid): series[:: max(1, len(series) // 400)] for pid, series in sampler.rss_series.items()},
         "sweep_wall_s": round(wall, 1), "counts": summary["counts"],
+        "trial_at_peaks": peaks, "trial_mix": [{"loss": loss, "batch": batch, "trials": n} for (loss, batch), n in sorted(mix.items())],
     })
     bench.close()
+
+
+def trial_at_peaks(run_dir: Path, sampler: Sampler) -> list[dict]:
+    """For each trial worker: the trial it ran when its RSS peaked (from the pid and timestamps in
+    each trial's result.json), with its loss and batch size: the peak depends on which ran."""
+    spans = []  # (pid, start, end, trial_id, config)
+    for result in run_dir.glob("trial_*/result.json"):
+        reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if reports:
+            first, last = reports[0], reports[-1]
+            start = first["timestamp"] - first.get("time_this_iter_s", 0) - 1  # timestamps are whole seconds
+            spans.append((first.get("pid"), start, last["timestamp"] + 1, first.get("trial_id"), first.get("config", {})))
+    found = []
+    for pid, series in sampler.rss_series.items():
+        if not series:
+            continue
+        t, rss = max(series, key=lambda point: point[1])
+        at = sampler.t0 + t
+        mine = [span for span in spans if span[0] == pid]
+        if not mine:
+            continue
+        pid_, start, end, trial_id, config = min(mine, key=lambda span: max(span[1] - at, at - span[2], 0))
+        found.append({"pid": pid, "rss": rss, "trial_id": trial_id, "loss": config.get("loss"),
+                      "batch": config.get("per_device_train_batch_size"), "inside_trial": start <= at <= end})
+    return found
 
 
 def plot(series, rss_series: dict, bound: float, checkpoint: int, path: Path, model_label: str, trials: int, concurrency: int) -> str:
