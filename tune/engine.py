@@ -113,196 +113,203 @@ def run_sweep(
     except RuntimeError as exc:
         raise SweepError(f"--out {run_dir.uri}: a sweep is running there ({exc}); wait for it to end or stop it first") from None
     try:
-        if resume and (warm_start_from or mlflow):
-            raise SweepError("--resume continues a sweep as it was started; --warm-start-from and --mlflow apply to new sweeps only")
-        saved = run_dir.read_json(SWEEP) if resume else None
-        if saved:  # the sweep goes on exactly as it was defined
-            config = SweepConfig.model_validate(saved["config"])
-
-        from trainers.model import max_seq_length_warning, resolve_model_path
-        from trainers.data import load_splits
-
-        splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
-        if not saved:  # (a resumed sweep searches what it searched)
-            config, unfit = fit_losses_to_data(config, splits.train.pairs)  # so does a listed loss the data cannot feed
-            for loss, why in unfit.items():
-                log.warning("%s left out of the search: it cannot train on data.train (%s)", loss, why)
-        space = SearchSpace(config)  # and an initial point the space cannot take
-        model_path = resolve_model_path(config.model)
-        if not saved and (warning := max_seq_length_warning(config, model_path)):  # a resumed sweep said it before
-            log.warning(warning)
-        seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
-        _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
-
-        import ray
-
-        from cluster.connect import (
-            connect, disconnect, ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents, unfit_resources,
-        )
-
-        # The untuned model is scored in the background once the first trial has started: importing
-        # torch and sentence-transformers and evaluating took ~20 s on 2 cores, and waiting for it put
-        # the first training step 25 s after a plain script's; started at once, its imports held the
-        # GIL while Ray Tune set up (bench/overhead.py). sweep.json gets the score when it is ready;
-        # the summary waits for it.
-        baseline = BackgroundBaseline(config, splits, known=saved and saved.get("baseline"))
-        try:
-            with ray_starts_shielded_from_ctrl_c():
-                connection = connect(address, log_to_driver=verbose)
-        except BaseException:  # e.g. Ctrl-C while Ray starts: stop what it started so far
-            stop_ray_and_its_agents()
-            raise
-        log.info("trials run on %s", connection.describe())
-        from trainers.evaluation import selection_warnings
-
-        # once the input is known good: a bad one gets one error line
-        for warning in selection_warnings(splits, "trial"):
-            log.warning(warning)
-        from ray import tune
-
-        gpus = config.gpus_per_trial
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        if short := unfit_resources(config.cpus_per_trial, gpus):
-            asked = "; ".join(f"{kind.lower()}s_per_trial: {want:g}, but {'this machine' if connection.local else 'the largest node'} "
-                              f"has {have:g} {kind}" for kind, (want, have) in short.items())
-            if connection.local:  # this machine is all a private Ray will ever have: trials would wait forever
-                disconnect()
-                hint = " (left out, gpus_per_trial is 1 on GPU machines, else 0)" if "GPU" in short else ""
-                raise SweepError(f"{asked}: lower it in the sweep config{hint}, or pass --address of a cluster that has them")
-            log.warning("%s: trials wait until such a node joins the cluster (an autoscaler's, or `stune cluster join`)", asked)
-        for change in space.widened:
-            log.info("search space widened to hold the config's own value: %s", change)
-        if saved:
-            sweep_doc = saved
-        else:
-            sweep_doc = {
-                "config": config.model_dump(mode="json"), "space": space.describe(), "baseline": None,
-                "warm_start_from": warm_start_from, "mlflow": mlflow,
-            }
-            run_dir.write_json(SWEEP, sweep_doc)
-        baseline.when_done(lambda scores: _publish_baseline(scores, run_dir, sweep_doc, config, on_event))
-
-        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-        from tune.faults import Interrupted, StopOnTrialError, graceful_ctrl_c
-        from tune.recorder import SweepRecorder
-        from tune.trainable import pack_model, run_trial
-
-        from tune.study import StudyUploader, local_study_path, relocated, sqlite_url
-
-        if not verbose:
-            import optuna
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study_path = local_study_path(run_dir, resume=resume)
-        upload_study = StudyUploader(run_dir, study_path)  # remote run dirs: study.db is uploaded
-
-        def on_trial_event(kind, row, recorder):
-            if kind == "start":
-                baseline.start()
-            if kind == "done":
-                upload_study()
-            if on_event is not None:
-                on_event(kind, row, recorder)
-
-        recorder = SweepRecorder(run_dir, config.trials, on_event=on_trial_event)
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                run_trial,
-                base_config=config_for_trials(config),
-                splits=splits,
-                # A loopback-only Ray has every node on this machine: trials read the model folder in
-                # place. Otherwise it is shipped through the object store, as nodes need not share
-                # this disk (for MiniLM: ~0.55 s of CPU, 92 MB in the object store and 88 MB unpacked).
-                model_bundle=os.path.abspath(model_path) if connection.loopback_only else pack_model(model_path),
-                evaluations=config.evaluations_per_trial,
-            ),
-            {"cpu": config.cpus_per_trial, "gpu": gpus},
-        )
-        if resume:
-            # Sweeps started before this module was renamed from tune/sweep.py pickled references to
-            # it; an alias in sys.modules (not an attribute of the package: that is the tune.sweep API) finds them.
-            sys.modules.setdefault("tune.sweep", sys.modules[__name__])
-            tuner = tune.Tuner.restore(
-                run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
-                resume_errored=True, storage_filesystem=run_dir.ray_storage_filesystem,
-            )
-            _reattach(tuner, recorder)
-            replayed = replay_asha_history(tuner._local_tuner._tune_config.scheduler, run_dir)
-            if replayed:
-                log.info("ASHA's rungs rebuilt from %d results reported before the resume", replayed)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=_searcher(config, space, run_dir, study_path=study_path, seed_trials=seed_trials),
-                    scheduler=_scheduler(config),
-                    num_samples=config.trials,
-                    max_concurrent_trials=config.max_concurrent_trials,
-                    reuse_actors=True,
-                    time_budget_s=parse_duration(config.time_budget) if config.time_budget else None,
-                    trial_dirname_creator=trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=run_dir.name,
-                    storage_path=run_dir.storage_path,
-                    storage_filesystem=run_dir.ray_storage_filesystem,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    # Crashes (a killed worker, a lost node) are retried from the last checkpoint;
-                    # errors that would only repeat (NaN, out of memory) end the trial at once.
-                    failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                    # A model the baseline could not load fails every trial the same way: stop at once.
-                    stop=StopOnTrialError(abort_when=baseline.failed),
-                    callbacks=[recorder, CSVLoggerCallback(), JsonLoggerCallback(), *_mlflow_callbacks(mlflow, run_dir)],
-                    # What a trial writes to its working dir (TensorBoard events) lands in RUN_DIR/trial_<id>/.
-                    sync_config=tune.SyncConfig(sync_artifacts=True),
-                    verbose=1 if verbose else 0,
-                ),
-            )
-        try:
-            from tune.progress import quiet_ray
-
-            # relocated: a resumed searcher opens the study where it is now; quiet_ray: without
-            # --verbose, the progress display (on_event) replaces Ray's tables and INFO logs.
-            with relocated(sqlite_url(study_path)), (contextlib.nullcontext() if verbose else quiet_ray()), \
-                    graceful_ctrl_c() as ctrl_c:
-                tuner.fit()
-        except BaseException:
-            baseline.abandon()
-            raise
-        else:
-            if ctrl_c.interrupted:
-                baseline.abandon()
-            else:  # Scoring while Ray shuts down made Ray's core worker end the process (exit 1, no message).
-                baseline.wait_if_started()
-        finally:
-            disconnect()
-            upload_study(force=True)
-        # The wall time of a resumed sweep counts its earlier runs (Ray's time budget does too).
-        sweep_doc["elapsed_seconds"] = round(float(sweep_doc.get("elapsed_seconds") or 0.0) + time.time() - started, 1)
-        if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
-            with contextlib.suppress(Exception):  # the hint to resume matters more than this figure
-                run_dir.write_json(SWEEP, sweep_doc)
-            raise Interrupted(ctrl_c.signum)
-        baseline.start()  # no trial started (all pending): the model is scored now, with Ray down
-        # Trials that fail at once (the model does not load for them either) can end the sweep before
-        # the baseline has: its outcome decides what is left of the run dir.
-        if baseline.failed(wait=True) and not resume:
-            # Nothing half-written is left of a sweep that could not run.
-            (run_dir.fs.delete_dir if created_here else run_dir.fs.delete_dir_contents)(run_dir.path)
-        scores = baseline.result()
-        if config.time_budget:
-            recorder.close_out_of_time()
-        run_dir.write_json(SWEEP, sweep_doc)
-        summary = write_summary(
-            run_dir, config, space, recorder, scores, eval_pairs=len(splits.eval.pairs), seconds=sweep_doc["elapsed_seconds"]
-        )
-        return summary
+        return _sweep_in(run_dir, config, created_here=created_here, started=started, address=address, resume=resume,
+                         verbose=verbose, on_event=on_event, warm_start_from=warm_start_from, mlflow=mlflow)
     finally:
         running.release()
         if created_here and run_dir.is_local and run_dir.exists() and run_dir.is_empty():  # only the lock was made here
             run_dir.fs.delete_dir(run_dir.path)
+
+
+def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, started: float, address: str | None, resume: bool,
+              verbose: bool, on_event: Callable | None, warm_start_from: str | None, mlflow: str | None) -> dict[str, Any]:
+    """The sweep itself, in a run dir ``run_sweep`` has checked and holds."""
+    if resume and (warm_start_from or mlflow):
+        raise SweepError("--resume continues a sweep as it was started; --warm-start-from and --mlflow apply to new sweeps only")
+    saved = run_dir.read_json(SWEEP) if resume else None
+    if saved:  # the sweep goes on exactly as it was defined
+        config = SweepConfig.model_validate(saved["config"])
+
+    from trainers.model import max_seq_length_warning, resolve_model_path
+    from trainers.data import load_splits
+
+    splits = load_splits(config, with_test=False)  # bad data fails before Ray starts
+    if not saved:  # (a resumed sweep searches what it searched)
+        config, unfit = fit_losses_to_data(config, splits.train.pairs)  # so does a listed loss the data cannot feed
+        for loss, why in unfit.items():
+            log.warning("%s left out of the search: it cannot train on data.train (%s)", loss, why)
+    space = SearchSpace(config)  # and an initial point the space cannot take
+    model_path = resolve_model_path(config.model)
+    if not saved and (warning := max_seq_length_warning(config, model_path)):  # a resumed sweep said it before
+        log.warning(warning)
+    seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
+    _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
+
+    import ray
+
+    from cluster.connect import (
+        connect, disconnect, ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents, unfit_resources,
+    )
+
+    # The untuned model is scored in the background once the first trial has started: importing
+    # torch and sentence-transformers and evaluating took ~20 s on 2 cores, and waiting for it put
+    # the first training step 25 s after a plain script's; started at once, its imports held the
+    # GIL while Ray Tune set up (bench/overhead.py). sweep.json gets the score when it is ready;
+    # the summary waits for it.
+    baseline = BackgroundBaseline(config, splits, known=saved and saved.get("baseline"))
+    try:
+        with ray_starts_shielded_from_ctrl_c():
+            connection = connect(address, log_to_driver=verbose)
+    except BaseException:  # e.g. Ctrl-C while Ray starts: stop what it started so far
+        stop_ray_and_its_agents()
+        raise
+    log.info("trials run on %s", connection.describe())
+    from trainers.evaluation import selection_warnings
+
+    # once the input is known good: a bad one gets one error line
+    for warning in selection_warnings(splits, "trial"):
+        log.warning(warning)
+    from ray import tune
+
+    gpus = config.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if short := unfit_resources(config.cpus_per_trial, gpus):
+        asked = "; ".join(f"{kind.lower()}s_per_trial: {want:g}, but {'this machine' if connection.local else 'the largest node'} "
+                          f"has {have:g} {kind}" for kind, (want, have) in short.items())
+        if connection.local:  # this machine is all a private Ray will ever have: trials would wait forever
+            disconnect()
+            hint = " (left out, gpus_per_trial is 1 on GPU machines, else 0)" if "GPU" in short else ""
+            raise SweepError(f"{asked}: lower it in the sweep config{hint}, or pass --address of a cluster that has them")
+        log.warning("%s: trials wait until such a node joins the cluster (an autoscaler's, or `stune cluster join`)", asked)
+    for change in space.widened:
+        log.info("search space widened to hold the config's own value: %s", change)
+    if saved:
+        sweep_doc = saved
+    else:
+        sweep_doc = {
+            "config": config.model_dump(mode="json"), "space": space.describe(), "baseline": None,
+            "warm_start_from": warm_start_from, "mlflow": mlflow,
+        }
+        run_dir.write_json(SWEEP, sweep_doc)
+    baseline.when_done(lambda scores: _publish_baseline(scores, run_dir, sweep_doc, config, on_event))
+
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from tune.faults import Interrupted, StopOnTrialError, graceful_ctrl_c
+    from tune.recorder import SweepRecorder
+    from tune.trainable import pack_model, run_trial
+
+    from tune.study import StudyUploader, local_study_path, relocated, sqlite_url
+
+    if not verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_path = local_study_path(run_dir, resume=resume)
+    upload_study = StudyUploader(run_dir, study_path)  # remote run dirs: study.db is uploaded
+
+    def on_trial_event(kind, row, recorder):
+        if kind == "start":
+            baseline.start()
+        if kind == "done":
+            upload_study()
+        if on_event is not None:
+            on_event(kind, row, recorder)
+
+    recorder = SweepRecorder(run_dir, config.trials, on_event=on_trial_event)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base_config=config_for_trials(config),
+            splits=splits,
+            # A loopback-only Ray has every node on this machine: trials read the model folder in
+            # place. Otherwise it is shipped through the object store, as nodes need not share
+            # this disk (for MiniLM: ~0.55 s of CPU, 92 MB in the object store and 88 MB unpacked).
+            model_bundle=os.path.abspath(model_path) if connection.loopback_only else pack_model(model_path),
+            evaluations=config.evaluations_per_trial,
+        ),
+        {"cpu": config.cpus_per_trial, "gpu": gpus},
+    )
+    if resume:
+        # Sweeps started before this module was renamed from tune/sweep.py pickled references to
+        # it; an alias in sys.modules (not an attribute of the package: that is the tune.sweep API) finds them.
+        sys.modules.setdefault("tune.sweep", sys.modules[__name__])
+        tuner = tune.Tuner.restore(
+            run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
+            resume_errored=True, storage_filesystem=run_dir.ray_storage_filesystem,
+        )
+        _reattach(tuner, recorder)
+        replayed = replay_asha_history(tuner._local_tuner._tune_config.scheduler, run_dir)
+        if replayed:
+            log.info("ASHA's rungs rebuilt from %d results reported before the resume", replayed)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(config, space, run_dir, study_path=study_path, seed_trials=seed_trials),
+                scheduler=_scheduler(config),
+                num_samples=config.trials,
+                max_concurrent_trials=config.max_concurrent_trials,
+                reuse_actors=True,
+                time_budget_s=parse_duration(config.time_budget) if config.time_budget else None,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=run_dir.name,
+                storage_path=run_dir.storage_path,
+                storage_filesystem=run_dir.ray_storage_filesystem,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # Crashes (a killed worker, a lost node) are retried from the last checkpoint;
+                # errors that would only repeat (NaN, out of memory) end the trial at once.
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                # A model the baseline could not load fails every trial the same way: stop at once.
+                stop=StopOnTrialError(abort_when=baseline.failed),
+                callbacks=[recorder, CSVLoggerCallback(), JsonLoggerCallback(), *_mlflow_callbacks(mlflow, run_dir)],
+                # What a trial writes to its working dir (TensorBoard events) lands in RUN_DIR/trial_<id>/.
+                sync_config=tune.SyncConfig(sync_artifacts=True),
+                verbose=1 if verbose else 0,
+            ),
+        )
+    try:
+        from tune.progress import quiet_ray
+
+        # relocated: a resumed searcher opens the study where it is now; quiet_ray: without
+        # --verbose, the progress display (on_event) replaces Ray's tables and INFO logs.
+        with relocated(sqlite_url(study_path)), (contextlib.nullcontext() if verbose else quiet_ray()), \
+                graceful_ctrl_c() as ctrl_c:
+            tuner.fit()
+    except BaseException:
+        baseline.abandon()
+        raise
+    else:
+        if ctrl_c.interrupted:
+            baseline.abandon()
+        else:  # Scoring while Ray shuts down made Ray's core worker end the process (exit 1, no message).
+            baseline.wait_if_started()
+    finally:
+        disconnect()
+        upload_study(force=True)
+    # The wall time of a resumed sweep counts its earlier runs (Ray's time budget does too).
+    sweep_doc["elapsed_seconds"] = round(float(sweep_doc.get("elapsed_seconds") or 0.0) + time.time() - started, 1)
+    if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
+        with contextlib.suppress(Exception):  # the hint to resume matters more than this figure
+            run_dir.write_json(SWEEP, sweep_doc)
+        raise Interrupted(ctrl_c.signum)
+    baseline.start()  # no trial started (all pending): the model is scored now, with Ray down
+    # Trials that fail at once (the model does not load for them either) can end the sweep before
+    # the baseline has: its outcome decides what is left of the run dir.
+    if baseline.failed(wait=True) and not resume:
+        # Nothing half-written is left of a sweep that could not run.
+        (run_dir.fs.delete_dir if created_here else run_dir.fs.delete_dir_contents)(run_dir.path)
+    scores = baseline.result()
+    if config.time_budget:
+        recorder.close_out_of_time()
+    run_dir.write_json(SWEEP, sweep_doc)
+    summary = write_summary(
+        run_dir, config, space, recorder, scores, eval_pairs=len(splits.eval.pairs), seconds=sweep_doc["elapsed_seconds"]
+    )
+    return summary
 
 
 def config_for_trials(config: SweepConfig) -> dict[str, Any]:
