@@ -823,3 +823,21 @@ def no_copied_model_code():
     modules = Path(HF_MODULES_CACHE) / "transformers_modules"
     for code in list(modules.rglob("stune_custom_code.py")):
         shutil.rmtree(modules / code.relative_to(modules).parts[0], ignore_errors=True)
+
+
+def test_a_resumed_searcher_skips_a_trial_it_never_saw():
+    """After a SIGKILLed driver, Ray's saved experiment can hold a trial started just after the
+    searcher's state was saved: its results used to raise KeyError in Ray's OptunaSearch and end
+    every --resume (seen in the 50-trial run above). stune's searcher skips them; the rest as usual."""
+    from tune.faults import ResumableOptunaSearch
+
+    searcher = ResumableOptunaSearch(lambda trial: {"lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True)},
+                                     metric="score", mode="max")
+    known = searcher.suggest("known")
+    assert "lr" in known
+    searcher.on_trial_result("unseen", {"score": 0.5, "training_iteration": 1})  # Ray's: KeyError
+    searcher.on_trial_complete("unseen", {"score": 0.5, "training_iteration": 1})
+    searcher.on_trial_result("known", {"score": 0.4, "training_iteration": 1})
+    searcher.on_trial_complete("known", {"score": 0.4, "training_iteration": 1})
+    trials = searcher._ot_study.get_trials()
+    assert len(trials) == 1 and trials[0].value == 0.4

@@ -439,7 +439,8 @@ def _warm_start(uri: str, config: SweepConfig) -> list:
 
 def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study_path: str | None = None, seed_trials: list | None = None):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tune.faults import ResumableOptunaSearch
 
     startup = config.random_startup_trials
     sampler = {
@@ -464,7 +465,7 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
     from tune.study import open_storage, study_name
 
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space, metric=BEST_OBJECTIVE, mode="max", sampler=sampler, points_to_evaluate=points or None,
         # The study is recorded in RUN_DIR/study.db (optuna-dashboard, stune report, warm starts).
         storage=open_storage(study_path) if study_path else None,

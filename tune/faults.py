@@ -5,6 +5,8 @@
   ``ERROR_KEY``; ``StopOnTrialError`` ends the trial there. Ray's ``FailureConfig`` retries are
   kept for crashes (a killed worker, a lost node), which resume from the last checkpoint;
   retrying a deterministic error would only fail the same way again, ``max_failures`` times.
+- A driver killed between Ray's saves of the experiment and of the searcher: the resumed searcher
+  skips the results of a trial it never saw (``ResumableOptunaSearch``) instead of failing.
 - Ctrl-C or SIGTERM (``graceful_ctrl_c``; SIGTERM is how SLURM's scancel or time limit and
   Kubernetes stop a job): Ray Tune stops the trials and saves its experiment state one last
   time, then ``run_sweep`` raises ``Interrupted`` (a ``KeyboardInterrupt``) instead of writing a
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ray.tune import Stopper
+from ray.tune.search.optuna import OptunaSearch
 
 from trainers.errors import Interrupted
 from tune.trainable import ERROR_KEY
@@ -46,6 +49,27 @@ class StopOnTrialError(Stopper):
     def __getstate__(self) -> dict:
         # Ray saves the stopper with the experiment; what abort_when watches lives in this process only.
         return {"abort_when": None}
+
+
+class ResumableOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, except that the results of a trial it has no record of are not fed to
+    Optuna, where Ray's raised KeyError. That happens after a killed driver: Ray can save its
+    experiment state with a trial started a moment after it saved the searcher's, and every
+    ``--resume`` then died at that trial's first result. The trial runs and is recorded as
+    any other; only the searcher does not learn from it."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._knows(trial_id):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._knows(trial_id):
+            super().on_trial_complete(trial_id, result, error)
+        else:
+            log.info("trial %s is not in the searcher's saved state: its result does not inform the search", trial_id)
+
+    def _knows(self, trial_id: str) -> bool:
+        return trial_id in self._ot_trials or trial_id in self._completed_trials
 
 
 @dataclass
