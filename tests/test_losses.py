@@ -71,3 +71,22 @@ def test_the_token_limit_is_read_from_the_models_position_embeddings(tmp_path):
         (folder / "modules.json").write_text(json.dumps([{"path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]))
         (folder / "0_Transformer" / "config.json").write_text(json.dumps(config))
         assert model_max_tokens(folder) == expected, name
+
+
+def test_a_hub_id_in_the_cache_is_named_as_it_was_found(tiny_model, tmp_path, monkeypatch):
+    """A bare name may be a legacy hub id (no organisation) or a sentence-transformers model's:
+    the card's base_model names the one the cache holds."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from trainers.model import hub_id, resolve_model_path
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    for repo in ("models--tiny-legacy", "models--sentence-transformers--tiny-st"):
+        shutil.copytree(tiny_model, tmp_path / repo / "snapshots" / ("ab" * 20))
+        (tmp_path / repo / "refs").mkdir()
+        (tmp_path / repo / "refs" / "main").write_text("ab" * 20)
+    assert hub_id("tiny-legacy") == "tiny-legacy" and hub_id("tiny-st") == "sentence-transformers/tiny-st"
+    assert resolve_model_path("tiny-legacy").startswith(str(tmp_path / "models--tiny-legacy"))
+    assert hub_id("nowhere") is None and hub_id(str(tiny_model)) is None

