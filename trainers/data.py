@@ -81,12 +81,13 @@ def read_table(path: str) -> pa.Table:
 
             header_line = _first_line(p)
             delimiter = "\t" if ".tsv" in suffix else ";" if ";" in header_line and "," not in header_line else ","
-            _refuse_headerless(path, header_line, delimiter)
+            header = _header_names(header_line, delimiter)
+            _refuse_headerless(path, header_line, header)
             # Keep every column a string: scores are parsed below with messages that name the row.
             return pacsv.read_csv(
                 p,
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=_all_strings(header_line, delimiter)),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types={name: pa.string() for name in header}),
             )
         if suffix == ".json" and (document := _json_document(p)) is not None:
             return document
@@ -139,12 +140,9 @@ def _first_line(path: Path) -> str:
         raise DataError(f"{path}: is not UTF-8 text; re-save it as UTF-8") from None
 
 
-def _refuse_headerless(path: str, header_line: str, delimiter: str) -> None:
+def _refuse_headerless(path: str, header_line: str, header: list[str]) -> None:
     """A CSV whose first line is a data row would lose that row to the header, silently: a number
     is never a column name, so a first line holding one has no header."""
-    import csv
-
-    header = next(csv.reader([header_line], delimiter=delimiter), [])
     if any(_is_number(name.strip()) for name in header):
         first = header_line.strip()
         first = first if len(first) <= 60 else first[:57] + "..."
@@ -160,12 +158,11 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _all_strings(header_line: str, delimiter: str) -> dict[str, pa.DataType]:
-    """Every column read as text (semicolon-separated: what spreadsheets save in many locales)."""
+def _header_names(header_line: str, delimiter: str) -> list[str]:
+    """The column names of a CSV's first line (semicolon-separated: what spreadsheets save in many locales)."""
     import csv
 
-    header = next(csv.reader([header_line], delimiter=delimiter), [])
-    return {name.strip("\r\n"): pa.string() for name in header}
+    return [name.strip("\r\n") for name in next(csv.reader([header_line], delimiter=delimiter), [])]
 
 
 def _pick_columns(table: pa.Table, mapping: dict[str, str], path: str) -> tuple[str, dict[str, str]]:

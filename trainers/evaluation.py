@@ -89,21 +89,20 @@ def selection_warnings(splits: Splits, chosen: str) -> list[str]:
     """What makes the eval split a poor judge of which ``chosen`` (trial, checkpoint) is best, or
     the test split a poor measure of it: too few pairs, or pairs training has already seen."""
     warnings = [few_eval_pairs_warning(len(splits.eval.pairs), chosen)]
-    seen = _pair_keys(splits.train)
+    seen = set(_pair_keys(splits.train))
     for key, split, consequence in (
         ("data.eval", splits.eval, f"its {OBJECTIVE} rewards memorising them and favours the {chosen} that overfits most"),
         ("data.test", splits.test, f"its {OBJECTIVE} overstates how the model does on new pairs"),
     ):
-        if split is not None and (shared := sum(pair in seen for pair in _pair_keys(split, unique=False))):
+        if split is not None and (shared := sum(pair in seen for pair in _pair_keys(split))):
             warnings.append(f"warning: {shared} of {len(split.pairs)} {key} pairs are also in data.train: {consequence}; "
                             f"drop them from one of the two files")
     return [warning for warning in warnings if warning]
 
 
-def _pair_keys(split: Split, unique: bool = True) -> set[frozenset[str]] | list[frozenset[str]]:
+def _pair_keys(split: Split) -> list[frozenset[str]]:
     """A split's pairs as unordered text pairs: cosine similarity does not care which comes first."""
-    keys = [frozenset(pair) for pair in zip(split.pairs.sentence1, split.pairs.sentence2)]
-    return set(keys) if unique else keys
+    return [frozenset(pair) for pair in zip(split.pairs.sentence1, split.pairs.sentence2)]
 
 
 def few_eval_pairs_warning(n_pairs: int, chosen: str) -> str | None:

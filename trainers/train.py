@@ -13,8 +13,6 @@ import logging
 import math
 import os
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from transformers import TrainerCallback
 
 from trainers.config import TrainConfig, eval_interval, input_paths, move_into_place, refuse_out_holding_inputs
 from trainers.data import Splits, adapt, load_splits
-from trainers.errors import Interrupted, StuneError, TrainingError
+from trainers.errors import Interrupted, StuneError, TrainingError, on_stop_signals
 from trainers.evaluation import OBJECTIVE, build_evaluator, evaluate, evaluate_untuned, selection_key, short_metrics
 from trainers.losses import get_loss
 from trainers.model import load_model, model_label
@@ -288,8 +286,6 @@ class GracefulStop:
     """Ctrl-C (or SIGTERM) during training ends it at the current step, which is evaluated, so the
     run keeps the best model so far; a second one, or one before training began, abandons the run."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self) -> None:
         self.requested = False
         self.training = False
@@ -297,15 +293,8 @@ class GracefulStop:
 
     @contextlib.contextmanager
     def on_ctrl_c(self) -> Iterator[GracefulStop]:
-        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        with on_stop_signals(self._handle):
             yield self
-            return
-        previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        try:
-            yield self
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
         if not self.training or self.requested:

@@ -67,14 +67,18 @@ def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool, i
     if not resume and run_dir.is_local:  # --storage /shared/runs is a local folder too
         refuse_out_holding_inputs(run_dir.path, inputs or {})
     if (resume or force) and (holder := SweepRunning(run_dir).holder()):
-        raise SweepError(f"--out {out}: a sweep is running there ({holder}); wait for it to end or stop it "
-                         f"(Ctrl-C in its terminal) before {'--resume' if resume else '--force'}")
+        raise _running_there(out, holder, "--resume" if resume else "--force")
     if resume:
         if not run_dir.has_sweep():
             raise SweepError(f"--resume: {out} holds no stune sweep; pass the RUN_DIR of an earlier 'stune sweep'")
     elif not force and not run_dir.is_empty():
         raise SweepError(f"--out {out} already exists; use --resume to continue it, or --force to start over there")
     return run_dir
+
+
+def _running_there(out: str, holder: str, before: str) -> SweepError:
+    return SweepError(f"--out {out}: a sweep is running there ({holder}); wait for it to end or stop it "
+                      f"(Ctrl-C in its terminal) before {before}")
 
 
 def prepare_run_dir(out: str, *, storage: str | None, resume: bool, force: bool, inputs: dict[str, str | None] | None = None) -> RunDir:
@@ -111,7 +115,7 @@ def run_sweep(
     try:  # checked by check_run_dir a moment ago: only a sweep started since is caught here
         running.take()
     except RuntimeError as exc:
-        raise SweepError(f"--out {run_dir.uri}: a sweep is running there ({exc}); wait for it to end or stop it first") from None
+        raise _running_there(run_dir.uri, str(exc), "starting this one") from None
     try:
         return _sweep_in(run_dir, config, created_here=created_here, started=started, address=address, resume=resume,
                          verbose=verbose, on_event=on_event, warm_start_from=warm_start_from, mlflow=mlflow)

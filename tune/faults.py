@@ -20,14 +20,13 @@ import logging
 import os
 import shlex
 import signal
-import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 
-from trainers.errors import Interrupted
+from trainers.errors import Interrupted, on_stop_signals
 from tune.trainable import ERROR_KEY
 
 log = logging.getLogger("stune.sweep")
@@ -78,9 +77,6 @@ class Interruption:
     signum: int = signal.SIGINT
 
 
-#: The signals that stop a sweep gracefully: Ctrl-C, and what batch schedulers and Kubernetes send.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
 
 @contextlib.contextmanager
 def graceful_ctrl_c() -> Iterator[Interruption]:
@@ -93,10 +89,6 @@ def graceful_ctrl_c() -> Iterator[Interruption]:
     ours, through the SIGUSR1 handler Ray Tune registers for the same purpose during ``fit``.
     """
     state = Interruption()
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield state
-        return
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
@@ -116,13 +108,10 @@ def graceful_ctrl_c() -> Iterator[Interruption]:
             logging.getLogger(name).setLevel(logging.ERROR)
         ray_stop(signum, frame)
 
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_sigint)
     try:
-        yield state
+        with on_stop_signals(on_sigint):
+            yield state
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         if previous_env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
