@@ -77,24 +77,25 @@ def recipe_config(seed_file: Path, data: dict[str, str], model: str | None):
     return parse_config(TrainConfig, raw, str(seed_file))
 
 
-def evaluate_on(model_path: str | None, split_path: str, config) -> dict[str, float]:
+def evaluate_on(model_path: str | None, config) -> dict[str, float]:
+    """The model's scores on the config's test split."""
     from trainers.data import config_split
     from trainers.evaluation import evaluate
     from trainers.model import load_model
 
     model = load_model(model_path, max_seq_length=config.max_seq_length)
-    return evaluate(model, config_split(config, split_path), "test")
+    return evaluate(model, config_split(config, "test"), "test")
 
 
-def spearman_ceiling(split_path: str, config) -> float:
-    """The highest spearman_cosine any model can reach on a split: similarities ordered exactly as
+def spearman_ceiling(config) -> float:
+    """The highest spearman_cosine any model can reach on the config's test split: similarities ordered exactly as
     the scores, ties broken arbitrarily. With 0/1 scores (triplets, positive pairs, 0/1 labels)
     it is below 1 and every model that ranks all positives above all negatives gets exactly it."""
     from scipy.stats import spearmanr
 
     from trainers.data import config_split
 
-    scores = config_split(config, split_path).pairs.score
+    scores = config_split(config, "test").pairs.score
     order = sorted(range(len(scores)), key=lambda i: scores[i])
     perfect = [0.0] * len(scores)
     for rank, i in enumerate(order):
@@ -140,9 +141,9 @@ def run_seed(seed_file: Path, *, work: Path, model: str | None, cap: int, sweep_
     summary = run_sweep(sweep_cfg, str(work / "sweep"), force=True)
     sweep_s = time.time() - t0
     best = summary["best"]
-    sweep_scores = evaluate_on(str(work / "sweep" / "best"), data["test"], recipe) if best else {}
-    ceiling = spearman_ceiling(data["test"], recipe)
-    test_labels = sorted(set(config_split(recipe, data["test"]).pairs.score))
+    sweep_scores = evaluate_on(str(work / "sweep" / "best"), recipe) if best else {}
+    ceiling = spearman_ceiling(recipe)
+    test_labels = sorted(set(config_split(recipe, "test").pairs.score))
 
     row = {
         "seed": name, "loss": recipe.loss.name, "sizes": sizes, "recipe_epoch_steps": own_steps,

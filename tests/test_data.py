@@ -193,3 +193,42 @@ def test_three_unnamed_text_columns_are_triplets(tmp_path):
     assert split.source_shape == "triplets" and split.triplets == [tuple(t) for t in triplets]
     scored = read_split(str(write_csv(tmp_path / "s.csv", ["a", "b", "c"], scored_pairs(10, seed=2))))
     assert scored.source_shape == "scored_pairs"
+
+
+def _held_out_splits(path, seed=42, **data):
+    from trainers.config import TrainConfig
+    from trainers.data import load_splits
+
+    return load_splits(TrainConfig(data={"train": str(path), **data}, seed=seed))
+
+
+def _rows(split):
+    return sorted(zip(split.pairs.sentence1, split.pairs.sentence2, split.pairs.score))
+
+
+def test_eval_and_test_held_out_of_one_file_keep_each_text_on_one_side(tmp_path):
+    import random
+
+    # 20 first texts with 3 rows each: a text's rows must stay together
+    rows = [(f"title {i}", f"role {i}-{j}", (i * 3 + j) % 7 / 6) for i in range(20) for j in range(3)]
+    splits = _held_out_splits(write_csv(tmp_path / "all.csv", ["sentence1", "sentence2", "score"], rows), eval=0.2, test=0.1)
+    train, held_eval, held_test = (_rows(s) for s in (splits.train, splits.eval, splits.test))
+    assert sorted(train + held_eval + held_test) == sorted(rows)  # every row once, none lost
+    assert (len(held_eval), len(held_test)) == (12, 6)  # 20 % and 10 % of 60, in whole groups of 3
+    firsts = [{s1 for s1, _, _ in part} for part in (train, held_eval, held_test)]
+    assert not (firsts[0] & firsts[1] or firsts[0] & firsts[2] or firsts[1] & firsts[2])
+    assert "held out as eval" in splits.eval.path and "less the 20% held out as eval" in splits.train.path
+    # the same split whatever the row order and the seed: sweeps and exports on other machines agree
+    random.Random(1).shuffle(rows)
+    again = _held_out_splits(write_csv(tmp_path / "shuffled.csv", ["sentence1", "sentence2", "score"], rows),
+                             eval=0.2, test=0.1, seed=7)
+    assert (_rows(again.eval), _rows(again.test)) == (held_eval, held_test)
+
+
+def test_positive_pairs_held_out_draw_negatives_inside_their_split(tmp_path):
+    rows = [(f"anchor {i}", f"positive {i}") for i in range(40)]
+    splits = _held_out_splits(write_csv(tmp_path / "pos.csv", ["anchor", "positive"], rows), eval=0.25)
+    eval_texts = {a for a in splits.eval.pairs.sentence1} | set(splits.eval.pairs.sentence2)
+    assert len(splits.eval.pairs) == 2 * 10 and sorted(splits.eval.pairs.score) == [0.0] * 10 + [1.0] * 10
+    assert all(text.split()[1] in {a.split()[1] for a in splits.eval.pairs.sentence1} for text in eval_texts)
+    assert not set(splits.train.pairs.sentence2) & set(splits.eval.pairs.sentence2)

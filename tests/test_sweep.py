@@ -450,6 +450,34 @@ def test_python_api_sweeps_and_exports(tiny_model, scored_data, tmp_path, monkey
     assert (tmp_path / "model" / "stune_train.yaml").exists()
 
 
+def test_one_data_file_sweeps_and_exports_with_eval_and_test_held_out(tiny_model, scored_data, tmp_path):
+    # The common case of one labelled file: `--data FILE` holds out 10 % as eval and 10 % as test.
+    from trainers.data import load_splits
+    from trainers.evaluation import evaluate
+
+    rows = [line for split in ("train", "eval", "test") for line in Path(scored_data[split]).read_text().splitlines()[1:]]
+    (tmp_path / "all.csv").write_text("\n".join(["sentence1,sentence2,score", *rows]) + "\n")
+    cfg = write(tmp_path / "c.yaml", {"model": tiny_model, "max_steps": 4, "trials": 1, "search": {"losses": ["CoSENTLoss"]}})
+    proc = run_stune("sweep", cfg, "--data", tmp_path / "all.csv", "--out", tmp_path / "run", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "holding out 10% of all.csv as eval and 10% as test" in proc.stderr, proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    config = SweepConfig.model_validate(json.loads((tmp_path / "run" / "sweep.json").read_text())["config"])
+    assert (config.data.train, config.data.eval, config.data.test) == (str(tmp_path / "all.csv"), 0.1, 0.1)
+    splits = load_splits(config)
+    assert len(splits.train.pairs) + len(splits.eval.pairs) + len(splits.test.pairs) == len(rows)
+    # export scores the rows the sweep selected on, and the held-out test rows no trial saw
+    exported = run_stune("export", tmp_path / "run", "--out", tmp_path / "model", "--force")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    model = SentenceTransformer(str(tmp_path / "model"))
+    assert evaluate(model, splits.eval, "eval")[OBJECTIVE] == pytest.approx(summary["best"][OBJECTIVE], abs=1e-4)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert f"| test (held out, scored at export) | {len(splits.test.pairs)} |" in card, card
+    assert "eval 10%, test 10% of train, held out" in card, card
+    assert yaml.safe_load((tmp_path / "model" / "stune_train.yaml").read_text())["data"] == {
+        "train": str(tmp_path / "all.csv"), "eval": 0.1, "test": 0.1}
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp_path):
     raw = {**sweep_config(tiny_model, scored_data), "time_budget": "5m"}
     raw["search"]["losses"] = [*raw["search"]["losses"], "CachedMultipleNegativesRankingLoss"]

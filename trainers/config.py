@@ -49,18 +49,33 @@ class LossConfig(BaseModel):
 
 
 class DataConfig(_Strict):
-    """The splits; with no ``train`` and no ``eval`` given, the embedded HR data set (with its test split)."""
+    """The splits; with no ``train`` and no ``eval`` given, the embedded HR data set (with its test split).
+
+    ``eval`` and ``test`` are files, or a share of ``train`` to hold out (``eval: 0.1``): rows are
+    grouped by their first text (sentence1 or anchor), so one text's pairs never sit on both sides,
+    and the groups are drawn by a hash of that text, so the split is the same whatever the seed,
+    the row order or the machine."""
 
     train: str | None = None
-    eval: str | None = None
-    test: str | None = None
+    eval: str | float | None = None
+    test: str | float | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     positive_threshold: float = Field(0.75, gt=0, le=1)
     max_rows: int | None = Field(None, ge=2)
 
+    @field_validator("eval", "test")
+    @classmethod
+    def _file_or_share(cls, value: str | float | None) -> str | float | None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 < value < 1:
+            raise ValueError(f"a share of data.train to hold out must lie between 0 and 1, e.g. 0.1 (got {value:g}); "
+                             "or give a file")
+        return value
+
     @model_validator(mode="after")
     def _default_or_both(self) -> "DataConfig":
         if self.train is None and self.eval is None:
+            if isinstance(self.test, float):
+                raise ValueError("data.test is a share of data.train, which is not set; give data.train (and data.eval)")
             self.__dict__.update(
                 train=str(DEFAULT_DATA_DIR / "train.csv"),
                 eval=str(DEFAULT_DATA_DIR / "eval.csv"),
@@ -68,8 +83,16 @@ class DataConfig(_Strict):
             )
         elif self.train is None or self.eval is None:
             missing = "train" if self.train is None else "eval"
-            raise ValueError(f"data.{missing} is required when data.{'eval' if missing == 'train' else 'train'} is set")
+            fix = "" if missing == "train" else " (a file, or a share of data.train to hold out, e.g. 0.1)"
+            raise ValueError(f"data.{missing} is required when data.{'eval' if missing == 'train' else 'train'} is set{fix}")
+        if sum(self.held_out().values()) > 0.5:
+            raise ValueError(f"data.eval and data.test hold out {sum(self.held_out().values()):g} of data.train; "
+                             "keep at least half of it for training (e.g. eval: 0.1, test: 0.1)")
         return self
+
+    def held_out(self) -> dict[str, float]:
+        """The splits given as a share of ``train``: ``{"eval": 0.1, "test": 0.1}``."""
+        return {name: share for name, share in (("eval", self.eval), ("test", self.test)) if isinstance(share, float)}
 
     @field_validator("columns")
     @classmethod
@@ -124,7 +147,7 @@ def eval_interval(steps: int, evaluations: int, eval_steps: int | None = None) -
 def input_paths(config: TrainConfig) -> dict[str, str]:
     """The files and folders a run reads, by the config key that names them."""
     named = {"model": config.model, "data.train": config.data.train, "data.eval": config.data.eval, "data.test": config.data.test}
-    return {key: path for key, path in named.items() if path}
+    return {key: path for key, path in named.items() if isinstance(path, str) and path}
 
 
 def refuse_out_holding_inputs(out: str | Path, inputs: dict[str, str | Path | None], flag: str = "--out") -> None:

@@ -10,6 +10,7 @@ and the evaluator always has graded pairs to compute ``spearman_cosine`` on.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ def read_table(path: str) -> pa.Table:
     """CSV, TSV, JSON lines, Parquet, or a folder saved with ``datasets.save_to_disk``."""
     p = Path(path)
     if not p.exists():
+        if _is_number(path):
+            raise DataError(f"data file {path!r} not found; to hold out a share of data.train write it as a number "
+                            f"(eval: {path}, without quotes)")
         raise DataError(f"data file {path!r} not found; check the path (relative paths are read next to the config)")
     try:
         if p.is_dir():
@@ -267,17 +271,37 @@ def normalize_scores(scores: list[float], path: str) -> list[float]:
     raise DataError(f"{path}: scores go up to {high:g}; use a 0–1, 0–5 or 0–100 scale")
 
 
-def read_split(path: str, columns: dict[str, str] | None = None, *, seed: int = 42, max_rows: int | None = None) -> Split:
-    """Read one split as scored pairs (see module docstring)."""
+def read_split(path: str, columns: dict[str, str] | None = None, *, seed: int = 42, max_rows: int | None = None,
+               part: tuple[str, dict[str, float]] | None = None) -> Split:
+    """Read one split as scored pairs (see module docstring). ``part=("eval", {"eval": 0.1})``
+    reads the share of the file held out as that split; ``("train", ...)`` what is left of it."""
     table = read_table(path)
     if max_rows is not None and table.num_rows > max_rows:
         table = table.slice(0, max_rows)
     if table.num_rows < 2:
         raise DataError(f"{path}: has {table.num_rows} data row(s); a split needs at least 2")
     shape, cols = _pick_columns(table, columns or {}, path)
+    # Every row is checked, with its row number in the file, before a part of them is kept.
     if shape == "triplets":
-        a, p, n = (_texts(table, cols[r], path) for r in ("anchor", "positive", "negative"))
-        triplets = list(zip(a, p, n))
+        texts = {role: _texts(table, cols[role], path) for role in ("anchor", "positive", "negative")}
+        scores = None
+    else:
+        texts = {role: _texts(table, cols[role], path) for role in ("sentence1", "sentence2")}
+        scores = normalize_scores(_scores(table, cols["score"], path), path) if shape == "scored_pairs" else None
+    label = path
+    if part is not None:
+        which, shares = part
+        keep = held_out_rows(next(iter(texts.values())), shares)[which]
+        texts = {role: [values[i] for i in keep] for role, values in texts.items()}
+        scores = None if scores is None else [scores[i] for i in keep]
+        label = part_label(path, which, shares)
+        if len(keep) < 2:
+            first = next(iter(texts))
+            raise DataError(f"{label}: holds {len(keep)} row(s), a split needs at least 2; "
+                            f"{'hold out less' if which == 'train' else 'hold out more'} or give a file "
+                            f"(rows are held out by their {cols[first]!r} text, one text's rows together)")
+    if shape == "triplets":
+        triplets = list(zip(texts["anchor"], texts["positive"], texts["negative"]))
         s1, s2, sc = [], [], []
         seen: set[tuple[str, str]] = set()
         for anchor, pos, neg in triplets:
@@ -285,15 +309,43 @@ def read_split(path: str, columns: dict[str, str] | None = None, *, seed: int = 
                 if (anchor, other) not in seen:
                     seen.add((anchor, other))
                     s1.append(anchor), s2.append(other), sc.append(score)
-        return Split(path, shape, ScoredPairs(s1, s2, sc), triplets)
-    s1 = _texts(table, cols["sentence1"], path)
-    s2 = _texts(table, cols["sentence2"], path)
-    if shape == "scored_pairs":
-        return Split(path, shape, ScoredPairs(s1, s2, normalize_scores(_scores(table, cols["score"], path), path)))
+        return Split(label, shape, ScoredPairs(s1, s2, sc), triplets)
+    s1, s2 = texts["sentence1"], texts["sentence2"]
+    if scores is not None:
+        return Split(label, shape, ScoredPairs(s1, s2, scores))
     # Positive pairs only: pair each anchor with another row's positive as its negative.
     rng = random.Random(seed)
     negatives = _other_positive(s1, s2, rng)
-    return Split(path, shape, ScoredPairs(s1 + s1, s2 + negatives, [1.0] * len(s1) + [0.0] * len(s1)))
+    return Split(label, shape, ScoredPairs(s1 + s1, s2 + negatives, [1.0] * len(s1) + [0.0] * len(s1)))
+
+
+def held_out_rows(keys: list[str], shares: dict[str, float]) -> dict[str, list[int]]:
+    """Row indices of each held-out split and of ``train`` (the rest), in file order.
+
+    Rows sharing a key (their first text) stay together, so no text of eval or test is an
+    anchor seen in training; groups are taken in the order of a hash of the key until each
+    split has its share of the rows, so the split depends on the texts alone."""
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    order = sorted(groups, key=lambda key: hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest())
+    taken: dict[str, list[int]] = {name: [] for name in ("eval", "test") if name in shares}
+    pending = iter(order)
+    for name in taken:
+        target = round(shares[name] * len(keys))
+        for key in pending:
+            taken[name].extend(groups[key])
+            if len(taken[name]) >= target:
+                break
+    taken["train"] = [i for key in pending for i in groups[key]]
+    return {name: sorted(rows) for name, rows in taken.items()}
+
+
+def part_label(path: str, which: str, shares: dict[str, float]) -> str:
+    """How a held-out split, or the train split left after it, is named in messages."""
+    if which == "train":
+        return f"{path} (less the {' and '.join(f'{share:.0%} held out as {name}' for name, share in shares.items())})"
+    return f"{path} ({shares[which]:.0%} held out as {which})"
 
 
 def _other_positive(anchors: list[str], positives: list[str], rng: random.Random) -> list[str]:
@@ -363,18 +415,23 @@ class Splits:
     test: Split | None
 
 
-def config_split(config, path: str) -> Split:
-    """One split of a ``TrainConfig``'s data (its columns, seed and ``max_rows``), as training
-    and selection saw it: export and the baseline score on these same rows."""
+def config_split(config, which: str) -> Split:
+    """Split ``which`` (train, eval or test) of a ``TrainConfig``'s data (its columns, seed,
+    ``max_rows`` and held-out shares), as training and selection saw it: export and the baseline
+    score on these same rows."""
     data = config.data
-    return read_split(path, data.columns, seed=config.seed, max_rows=data.max_rows)
+    shares = data.held_out()
+    source = getattr(data, which)
+    if isinstance(source, float) or (which == "train" and shares):
+        return read_split(data.train, data.columns, seed=config.seed, max_rows=data.max_rows, part=(which, shares))
+    return read_split(source, data.columns, seed=config.seed, max_rows=data.max_rows)
 
 
 def load_splits(config, *, with_test: bool = True) -> Splits:
     """The train/eval/test splits of a ``TrainConfig``, each read as scored pairs."""
     data = config.data
-    test = config_split(config, data.test) if with_test and data.test else None
-    splits = Splits(config_split(config, data.train), config_split(config, data.eval), test)
+    test = config_split(config, "test") if with_test and data.test else None
+    splits = Splits(config_split(config, "train"), config_split(config, "eval"), test)
     for key, split in (("data.eval", splits.eval), ("data.test", splits.test)):
         if split is not None and len(set(split.pairs.score)) < 2:  # spearman of a constant is undefined (NaN)
             raise DataError(f"{key} {split.path}: every pair has score {split.pairs.score[0]:g}, so spearman_cosine cannot rank "

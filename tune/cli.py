@@ -103,7 +103,8 @@ class _UserErrors:
         return False
 
 
-DATA_HELP = "Folder holding train.*, eval.* and optionally test.* files."
+DATA_HELP = ("Folder holding train.*, eval.* and optionally test.* files; without eval.*, or given one data file, "
+             "10 % of train is held out as eval (and as test).")
 MODEL_HELP = "Local SentenceTransformer folder (default: bundled MiniLM)."
 
 
@@ -291,25 +292,41 @@ def sweep(
     _print_sweep_summary(summary)
 
 
-def _data_folder(folder: Path) -> dict[str, str]:
+HOLD_OUT = 0.1  # the share of train held out for each missing eval/test split of --data
+
+
+def _data_folder(folder: Path) -> dict[str, str | float]:
+    """``--data``'s splits: a folder's train/eval/test files; eval (and test, when there is no
+    test file either) held out of train where the folder has no such file; a single file is train."""
     from trainers.errors import ConfigError
 
-    if not folder.is_dir():
-        raise ConfigError(f"--data {folder} is not a folder; give a folder with train.* and eval.* files (csv, tsv, jsonl, parquet)")
     from trainers.data import READABLE_SUFFIXES
 
-    found: dict[str, str] = {}
-    for split, names in {"train": ("train",), "eval": ("eval", "validation", "dev"), "test": ("test",)}.items():
-        candidates = [path for path in sorted(folder.iterdir()) if path.name.split(".")[0] in names
-                      and (path.is_dir() or path.name.lower().endswith(READABLE_SUFFIXES))]  # not train.csv~ or .bak
-        if len(candidates) > 1:
-            raise ConfigError(f"--data {folder}: {' and '.join(p.name for p in candidates)} could each be the {split} split; "
-                              "keep one there, or name the files under data: in a config")
-        if candidates:
-            found[split] = str(candidates[0])
-    missing = [s for s in ("train", "eval") if s not in found]
-    if missing:
-        raise ConfigError(f"--data {folder}: no {' or '.join(missing)} file; name them train.csv, eval.csv (and test.csv)")
+    if folder.is_file() and folder.name.lower().endswith(READABLE_SUFFIXES):
+        found: dict[str, str | float] = {"train": str(folder)}
+    elif not folder.is_dir():
+        raise ConfigError(f"--data {folder} is not a folder or a data file; give a folder with train.* (and eval.*, test.*) "
+                          "files or one csv, tsv, jsonl or parquet file")
+    else:
+        found = {}
+        for split, names in {"train": ("train",), "eval": ("eval", "validation", "dev"), "test": ("test",)}.items():
+            candidates = [path for path in sorted(folder.iterdir()) if path.name.split(".")[0] in names
+                          and (path.is_dir() or path.name.lower().endswith(READABLE_SUFFIXES))]  # not train.csv~ or .bak
+            if len(candidates) > 1:
+                raise ConfigError(f"--data {folder}: {' and '.join(p.name for p in candidates)} could each be the {split} split; "
+                                  "keep one there, or name the files under data: in a config")
+            if candidates:
+                found[split] = str(candidates[0])
+        if "train" not in found:
+            raise ConfigError(f"--data {folder}: no train file; name it train.csv (and eval.csv, test.csv), "
+                              "or pass the one data file as --data FILE")
+    if "eval" not in found:
+        held = ["eval"] + ([] if "test" in found else ["test"])
+        found.update({split: HOLD_OUT for split in held})
+        train_name = Path(str(found["train"])).name
+        shares = " and ".join([f"{HOLD_OUT:.0%} of {train_name} as {held[0]}", *(f"{HOLD_OUT:.0%} as {s}" for s in held[1:])])
+        typer.echo(f"--data {folder}: holding out {shares} (rows grouped by their first text); "
+                   "to choose, set data.eval/data.test in a config", err=True)
     return found
 
 

@@ -55,8 +55,8 @@ def export_best(uri: str, out: str | Path, *, force: bool = False, mlflow: str |
     from trainers.model import load_model
 
     data = config.data
-    eval_split = config_split(config, data.eval)
-    test_split = config_split(config, data.test) if data.test else None
+    eval_split = config_split(config, "eval")
+    test_split = config_split(config, "test") if data.test else None
     base_scores = {}
     if sweep.get("baseline") is None:  # interrupted before the untuned model was scored, and not resumed
         base_scores = score_base_model(config, {"eval": eval_split, "test": test_split})
@@ -255,11 +255,15 @@ def data_line(config: SweepConfig) -> str:
     """The card's data line: the files, or for stune's embedded set its name and licence (the card
     travels with the model; a path on the machine that exported it says nothing to its readers)."""
     splits = {"train": config.data.train, "eval": config.data.eval, "test": config.data.test}
-    files = ", ".join(f"{split} `{path}`" for split, path in splits.items() if path)
-    embedded = all(Path(p).resolve().parent == DEFAULT_DATA_DIR.resolve() for p in splits.values() if p)
+    shares = config.data.held_out()
+    held_out = (", ".join(f"{split} {share:.0%}" for split, share in shares.items())
+                + " of train, held out (rows grouped by their first text)") if shares else ""
+    splits = {split: path for split, path in splits.items() if isinstance(path, str)}
+    files = ", ".join(f"{split} `{path}`" for split, path in splits.items()) + (f"; {held_out}" if held_out else "")
+    embedded = all(Path(p).resolve().parent == DEFAULT_DATA_DIR.resolve() for p in splits.values())
     if not embedded:
         return f"- Data: {files}"
-    names = ", ".join(f"{split} `{Path(path).name}`" for split, path in splits.items() if path)
+    names = ", ".join(f"{split} `{Path(path).name}`" for split, path in splits.items()) + (f"; {held_out}" if held_out else "")
     return (f"- Data: stune's embedded graded job-title / job-description pairs ({names}), derived from the "
             "O*NET 29.2 Database by the U.S. Department of Labor, Employment and Training Administration "
             "(USDOL/ETA) and from ESCO, © European Union, both under "
