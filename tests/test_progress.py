@@ -186,3 +186,12 @@ def test_progress_for_picks_live_on_a_terminal_plain_otherwise_none_with_verbose
         assert isinstance(display, PlainProgress)
     with progress_for(3, stream=Tty()) as display:
         assert isinstance(display, LiveProgress) and display.live is not None
+
+
+def test_a_score_change_that_rounds_to_zero_reads_plus_zero():
+    from tune.progress import signed_delta
+
+    # a tuned model scoring as its base, up to float noise, showed "-0.0000" in `stune train` and `stune report`
+    assert signed_delta(0.41520000000000001 - 0.4152000000000001) == "+0.0000"
+    assert signed_delta(-0.0) == "+0.0000"
+    assert (signed_delta(0.01234), signed_delta(-0.00005001)) == ("+0.0123", "-0.0001")

@@ -167,6 +167,8 @@ def _print_train_result(result, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tune.progress import signed_delta
+
     table = Table(title=f"spearman_cosine  (model saved to {out / 'model'})")
     table.add_column("split")
     table.add_column("base model", justify="right")
@@ -177,7 +179,7 @@ def _print_train_result(result, out: Path) -> None:
         rows.append(("test", result.base.get("test"), result.test))
     for name, base, tuned in rows:
         b, t = base["spearman_cosine"] if base else None, tuned["spearman_cosine"]
-        table.add_row(name, f"{b:.4f}" if b is not None else "–", f"{t:.4f}", f"{t - b:+.4f}" if b is not None else "")
+        table.add_row(name, f"{b:.4f}" if b is not None else "–", f"{t:.4f}", signed_delta(t - b) if b is not None else "")
     console = Console(soft_wrap=True)
     console.print(table)
     if result.interrupted:

@@ -59,6 +59,11 @@ def _short(value) -> str:
     return f"{number:.1e}" if abs(number) < 1e-2 else f"{number:.3g}"
 
 
+def signed_delta(delta: float) -> str:
+    """A score difference to 4 decimals with its sign; one that rounds to zero reads +0.0000, not -0.0000."""
+    return f"{round(delta, 4) + 0.0:+.4f}"
+
+
 def describe_counts(counts: dict[str, int], *, ended: bool = True) -> str:
     """``3 completed, 3 stopped early, 2 stopped by the time budget, 0 errored, 1 never started`` (the
     last two only where there are any; "waiting" for a sweep that has not ended): the end-of-sweep and

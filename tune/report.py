@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trainers.errors import StuneError
-from tune.progress import describe_counts
+from tune.progress import describe_counts, signed_delta
 from tune.progress import finite_number as _number
 from tune.rundir import SUMMARY, SWEEP, TRIALS, RunDir
 from tune.trainable import OBJECTIVE
@@ -504,7 +504,7 @@ def headline(data: RunData) -> list[str]:
         base = data.baseline
         lines.append(
             f"best eval {OBJECTIVE} {best[OBJECTIVE]:.4f} (trial {best['trial_id']}, {best['loss']})"
-            + (f"; base model {base:.4f} ({best[OBJECTIVE] - base:+.4f})" if base is not None else "")
+            + (f"; base model {base:.4f} ({signed_delta(best[OBJECTIVE] - base)})" if base is not None else "")
         )
     if data.seeded:
         lines.append(f"searcher warm-started with {data.seeded} trials of {data.sweep.get('warm_start_from')} (not plotted)")
