@@ -841,3 +841,45 @@ def test_a_resumed_searcher_skips_a_trial_it_never_saw():
     searcher.on_trial_complete("known", {"score": 0.4, "training_iteration": 1})
     trials = searcher._ot_study.get_trials()
     assert len(trials) == 1 and trials[0].value == 0.4
+
+
+def _learning_rate_space(trial):  # module level: Ray pickles the searcher with its space
+    return {"lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True)}
+
+
+def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(tmp_path):
+    """The searcher's study lives in memory (study.db is its copy). After a killed driver, Ray
+    restores the searcher as it was at its last save: trials that finished after that are in
+    study.db only. The resumed searcher learns them back, and does not propose again what its
+    saved random state proposed after the save (a configuration run twice)."""
+    import optuna
+
+    from tune.faults import ResumableOptunaSearch
+    from tune.study import StudyMirror
+
+    def searcher():
+        made = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max",
+                                     sampler=optuna.samplers.RandomSampler(seed=0))
+        made.mirror = StudyMirror(str(tmp_path / "study.db"), "run")
+        return made
+
+    def finish(searcher, trial_id, score):
+        searcher.on_trial_result(trial_id, {"score": score, "training_iteration": 1})
+        searcher.on_trial_complete(trial_id, {"score": score, "training_iteration": 1})
+
+    before = searcher()
+    before.suggest("a")
+    finish(before, "a", 0.4)
+    before.save(str(tmp_path / "searcher.pkl"))
+    after_save = before.suggest("b")
+    finish(before, "b", 0.6)  # then the driver is killed
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert sorted(t.value for t in resumed._ot_study.get_trials()) == [0.4, 0.6]
+    assert resumed.suggest("c") != after_save
+    finish(resumed, "b", 0.6)  # Ray runs b again from its own state: nothing is added twice
+    finish(resumed, "c", 0.5)
+    recorded = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
+    assert sorted((t.user_attrs["trial_id"], t.value) for t in recorded) == [("a", 0.4), ("b", 0.6), ("c", 0.5)]
+    assert sorted(t.value for t in resumed._ot_study.get_trials()) == [0.4, 0.5, 0.6]

@@ -239,10 +239,11 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         # Sweeps started before this module was renamed from tune/sweep.py pickled references to
         # it; an alias in sys.modules (not an attribute of the package: that is the tune.sweep API) finds them.
         sys.modules.setdefault("tune.sweep", sys.modules[__name__])
-        tuner = tune.Tuner.restore(
-            run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
-            resume_errored=True, storage_filesystem=run_dir.ray_storage_filesystem,
-        )
+        with relocated(sqlite_url(study_path)):  # the searcher pickled in the Tuner, before its own state is restored
+            tuner = tune.Tuner.restore(
+                run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
+                resume_errored=True, storage_filesystem=run_dir.ray_storage_filesystem,
+            )
         _reattach(tuner, recorder)
         replayed = replay_asha_history(tuner._local_tuner._tune_config.scheduler, run_dir)
         if replayed:
@@ -467,16 +468,21 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         points = [point] if point else []
     else:
         points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
-    from tune.study import open_storage, study_name
+    from tune.study import StudyMirror, study_name
 
+    # The study is searched in memory and recorded in RUN_DIR/study.db as trials finish
+    # (optuna-dashboard, stune report, warm starts): see tune/study.py.
     searcher = ResumableOptunaSearch(
         space, metric=BEST_OBJECTIVE, mode="max", sampler=sampler, points_to_evaluate=points or None,
-        # The study is recorded in RUN_DIR/study.db (optuna-dashboard, stune report, warm starts).
-        storage=open_storage(study_path) if study_path else None,
         study_name=study_name(run_dir),
     )
+    searcher.mirror = StudyMirror(study_path, study_name(run_dir)) if study_path else None
+    if searcher.mirror is not None:
+        searcher.mirror.study()  # study.db exists from the start, as the dashboard and report expect
     if seed_trials:  # finished trials of an earlier sweep: TPE models them from the first trial on
         searcher._ot_study.add_trials(seed_trials)
+        if searcher.mirror is not None:
+            searcher.mirror.add(seed_trials)
     return searcher
 
 

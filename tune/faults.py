@@ -21,13 +21,17 @@ import os
 import shlex
 import signal
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
+import optuna
 from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 
 from trainers.errors import Interrupted, on_stop_signals
 from tune.trainable import ERROR_KEY
+
+if TYPE_CHECKING:
+    from tune.study import StudyMirror
 
 log = logging.getLogger("stune.sweep")
 
@@ -51,21 +55,51 @@ class StopOnTrialError(Stopper):
 
 
 class ResumableOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, except that the results of a trial it has no record of are not fed to
-    Optuna, where Ray's raised KeyError. That happens after a killed driver: Ray can save its
-    experiment state with a trial started a moment after it saved the searcher's, and every
-    ``--resume`` then died at that trial's first result. The trial runs and is recorded as
-    any other; only the searcher does not learn from it."""
+    """Ray's OptunaSearch, with its study in memory and copied to ``study.db`` (``mirror``) as
+    trials finish, and resumable after a killed driver. Ray can save its experiment state with
+    trials started or finished after it saved the searcher's. Then:
+    - the results of a trial the searcher has no record of are not fed to Optuna, where Ray's
+      raised KeyError and every ``--resume`` died at that trial's first result; the trial runs
+      and is recorded as any other;
+    - trials that finished after that save, and so are in ``study.db`` only, are given back to
+      the restored study, and the sampler is reseeded: with its saved random state and the same
+      trials it would propose again what it proposed after the save."""
+
+    mirror: "StudyMirror | None" = None  # none in searchers pickled before 2026-12-07 (their study is in SQLite)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self._knows(trial_id):
+        if self._knows(trial_id) and trial_id not in self._completed_trials:
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if self._knows(trial_id):
-            super().on_trial_complete(trial_id, result, error)
-        else:
+        if not self._knows(trial_id):
             log.info("trial %s is not in the searcher's saved state: its result does not inform the search", trial_id)
+            return
+        if trial_id in self._completed_trials:  # run again after a resume; the study has it already
+            return
+        super().on_trial_complete(trial_id, result, error)
+        if self.mirror is not None:
+            number = self._ot_trials[trial_id].number
+            self.mirror.add([self._ot_study.get_trials(deepcopy=False)[number]], trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self.mirror is None:
+            return
+        taken_back = 0
+        for trial_id, finished in self.mirror.finished_trials().items():
+            if trial_id in self._completed_trials:
+                continue
+            if trial_id in self._ot_trials:  # running when the searcher was saved
+                value = finished.value if finished.state == optuna.trial.TrialState.COMPLETE else None
+                self._ot_study.tell(self._ot_trials[trial_id], value, state=finished.state)
+            else:  # started after it
+                self._ot_study.add_trial(finished)
+            self._completed_trials.add(trial_id)
+            taken_back += 1
+        if taken_back:
+            log.info("the searcher took back %d trial(s) that finished after its last save", taken_back)
+        self._ot_study.sampler.reseed_rng()
 
     def _knows(self, trial_id: str) -> bool:
         return trial_id in self._ot_trials or trial_id in self._completed_trials

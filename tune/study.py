@@ -1,15 +1,19 @@
 """The sweep's Optuna study on disk: ``RUN_DIR/study.db`` (SQLite), and warm starts from it.
 
-Every sweep's ``OptunaSearch`` keeps its study in an RDB storage, so that
-``optuna-dashboard sqlite:///RUN_DIR/study.db`` shows it, ``stune report`` plots it, and a
-later sweep can be seeded with its trials (``--warm-start-from``).
+The searcher keeps its study in memory: TPE reads every trial at each proposal, and through
+SQLite that took 0.1–0.3 s of the driver per trial, growing with the sweep (300 two-step trials
+of the tiny test model: 107–110 s with the study in SQLite, 83–85 s in memory; BENCHMARKS.md §1). ``StudyMirror`` copies each finished
+trial into ``RUN_DIR/study.db`` (with its stune trial id as user attr ``trial_id``), so that
+``optuna-dashboard sqlite:///RUN_DIR/study.db`` shows it, ``stune report`` plots it, and a later
+sweep can be seeded with its trials (``--warm-start-from``).
 
 - Local run dirs hold ``study.db`` themselves. Object stores (s3://, gs://) cannot hold a SQLite
   database: the study then lives in a local cache folder and is uploaded to ``RUN_DIR/study.db``
   as trials finish and when the sweep ends (a resume on another machine downloads it back).
-- ``OptunaSearch`` is pickled into Ray's experiment state for ``--resume``; the storage pickles
-  as its URL. ``StudyStorage`` lets a resumed sweep point the unpickled storage at where the
-  study is now (``relocated``), so a moved run dir or another machine still resumes.
+- ``OptunaSearch`` is pickled into Ray's experiment state for ``--resume``, the in-memory study
+  with it, and the mirror as its path. ``relocated`` points an unpickled mirror (or, in run dirs
+  made before 2026-12-07, the searcher's ``StudyStorage``) at where the study is now, so a moved
+  run dir or another machine still resumes.
 """
 
 from __future__ import annotations
@@ -46,12 +50,68 @@ class StudyError(StuneError):
 
 class StudyStorage(RDBStorage):
     """An ``RDBStorage`` that, when unpickled inside ``relocated(url)``, opens ``url`` instead of
-    the URL it was pickled with."""
+    the URL it was pickled with: the searchers of run dirs made before 2026-12-07 kept their study in it."""
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if _relocation is not None:
             state = {**state, "url": _relocation}
         super().__setstate__(state)
+
+
+class StudyMirror:
+    """``study.db`` as a copy of the searcher's in-memory study: each finished trial is written
+    once, keyed by its stune trial id. A write that fails (a dashboard holding the file for over a
+    minute, a full disk) is logged and the sweep goes on; the in-memory study is what searches."""
+
+    def __init__(self, path: str, name: str):
+        self.path, self.name = path, name
+        self._study: optuna.Study | None = None
+        self._copied: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled with the searcher: no open database
+        return {"path": self.path, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        path = _relocation.removeprefix("sqlite:///") if _relocation else state["path"]
+        self.__init__(path, state["name"])
+
+    def add(self, trials: list[optuna.trial.FrozenTrial], trial_id: str | None = None) -> None:
+        """Copy ``trials`` (the finished trial of stune trial ``trial_id``, or a warm start's seeds)."""
+        try:
+            study = self.study()
+            if trial_id is not None:
+                if trial_id in self._copied:
+                    return
+                trials = [_with_user_attr(t, "trial_id", trial_id) for t in trials]
+                self._copied.add(trial_id)
+            study.add_trials(trials)
+        except Exception as exc:  # noqa: BLE001 - the record must not end the sweep it records
+            log.warning("could not record trial %s in %s: %s", trial_id or "seeds", self.path, exc)
+
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            storage = RDBStorage(sqlite_url(self.path), engine_kwargs=_ENGINE_KWARGS)
+            self._study = optuna.create_study(storage=storage, study_name=self.name, direction="maximize", load_if_exists=True)
+            self._copied = {t.user_attrs["trial_id"] for t in self._study.get_trials(deepcopy=False) if "trial_id" in t.user_attrs}
+        return self._study
+
+    def finished_trials(self) -> dict[str, optuna.trial.FrozenTrial]:
+        """The copied trials by stune trial id (what a resumed searcher may have lost)."""
+        try:
+            return {t.user_attrs["trial_id"]: t for t in self.study().get_trials(deepcopy=False) if "trial_id" in t.user_attrs}
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not read %s: %s", self.path, exc)
+            return {}
+
+
+def _with_user_attr(trial: optuna.trial.FrozenTrial, key: str, value: Any) -> optuna.trial.FrozenTrial:
+    copy = optuna.trial.create_trial(
+        state=trial.state, value=trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None,
+        params=trial.params, distributions=trial.distributions, user_attrs={**trial.user_attrs, key: value},
+        system_attrs=trial.system_attrs, intermediate_values=trial.intermediate_values,
+    )
+    copy.datetime_start, copy.datetime_complete = trial.datetime_start, trial.datetime_complete
+    return copy
 
 
 @contextlib.contextmanager
@@ -86,10 +146,6 @@ def local_study_path(run_dir: RunDir, *, resume: bool) -> str:
     elif not path.exists() and run_dir.exists(STUDY_DB):
         pafs.copy_files(run_dir.join(STUDY_DB), str(path), source_filesystem=run_dir.fs, destination_filesystem=pafs.LocalFileSystem())
     return str(path)
-
-
-def open_storage(path: str) -> StudyStorage:
-    return StudyStorage(sqlite_url(path), engine_kwargs=_ENGINE_KWARGS)
 
 
 class StudyUploader:
