@@ -223,6 +223,11 @@ def test_warm_start_seeds_the_new_searcher_with_the_old_trials(swept, tiny_model
     assert sorted((t.value, sorted(t.params.items())) for t in seeded) == old_trials
     assert max(t.number for t in seeded) < min(t.number for t in own)  # there before the first proposal
     assert len(own) == len(read_trials(run)) == 1
+    # each trial of study.db is named by its trials.csv id; a seed by the old sweep's, apart, so a
+    # --resume of the new sweep does not take seeds for its own trials
+    assert own[0].user_attrs["trial_id"] == read_trials(run)[0]["trial_id"]
+    assert {t.user_attrs.get("warm_start_trial_id") for t in seeded} == {r["trial_id"] for r in read_trials(swept)}
+    assert not any("trial_id" in t.user_attrs for t in seeded)
     assert json.loads((run / "sweep.json").read_text())["warm_start_from"] == str(swept)
 
 

@@ -83,8 +83,9 @@ class StudyMirror:
                 if trial_id in self._copied:
                     return
                 trials = [_with_user_attr(t, "trial_id", trial_id) for t in trials]
-                self._copied.add(trial_id)
             study.add_trials(trials)
+            if trial_id is not None:
+                self._copied.add(trial_id)
         except Exception as exc:  # noqa: BLE001 - the record must not end the sweep it records
             log.warning("could not record trial %s in %s: %s", trial_id or "seeds", self.path, exc)
 
@@ -92,16 +93,21 @@ class StudyMirror:
         if self._study is None:
             storage = RDBStorage(sqlite_url(self.path), engine_kwargs=_ENGINE_KWARGS)
             self._study = optuna.create_study(storage=storage, study_name=self.name, direction="maximize", load_if_exists=True)
-            self._copied = {t.user_attrs["trial_id"] for t in self._study.get_trials(deepcopy=False) if "trial_id" in t.user_attrs}
+            self._copied = set(self._own_trials())
         return self._study
 
     def finished_trials(self) -> dict[str, optuna.trial.FrozenTrial]:
-        """The copied trials by stune trial id (what a resumed searcher may have lost)."""
+        """This sweep's copied trials by stune trial id (what a resumed searcher may have lost)."""
         try:
-            return {t.user_attrs["trial_id"]: t for t in self.study().get_trials(deepcopy=False) if "trial_id" in t.user_attrs}
+            self.study()
+            return self._own_trials()
         except Exception as exc:  # noqa: BLE001
             log.warning("could not read %s: %s", self.path, exc)
             return {}
+
+    def _own_trials(self) -> dict[str, optuna.trial.FrozenTrial]:  # not a warm start's seeds
+        return {t.user_attrs["trial_id"]: t for t in self._study.get_trials(deepcopy=False)
+                if "trial_id" in t.user_attrs and WARM_START_ATTR not in t.user_attrs}
 
 
 def _with_user_attr(trial: optuna.trial.FrozenTrial, key: str, value: Any) -> optuna.trial.FrozenTrial:
@@ -230,7 +236,9 @@ def warm_start_trials(uri: str, space, config) -> tuple[list[optuna.trial.Frozen
                 distributions=replay.distributions,
                 value=old.value,
                 intermediate_values=old.intermediate_values,
-                user_attrs={**old.user_attrs, WARM_START_ATTR: uri, "warm_start_number": old.number},
+                user_attrs={**{k: v for k, v in old.user_attrs.items() if k != "trial_id"}, WARM_START_ATTR: uri,
+                            "warm_start_number": old.number,
+                            **({"warm_start_trial_id": old.user_attrs["trial_id"]} if "trial_id" in old.user_attrs else {})},
             )
         )
     return seeded, skipped
