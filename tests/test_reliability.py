@@ -60,6 +60,9 @@ class SweepProcess:
         self.stdout_path, self.stderr_path = cwd / f"{name}.stdout", cwd / f"{name}.stderr"
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
         env.update(HF_HUB_OFFLINE="1", RAY_TMPDIR=str(self.raytmp), RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false")
+        self.tmp = cwd / "tmp"  # the trials' scratch folders, apart from other tests'
+        self.tmp.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(self.tmp)
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(
                 [STUNE, "sweep", *map(str, args)], cwd=cwd, env=env, stdout=out, stderr=err,
@@ -401,6 +404,7 @@ def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
     obs["killed"] = {"rows": read_trials(run)}
     obs["killed"]["left"] = second.kill_all()  # Ray processes the dead driver left behind, now killed
     obs["killed"]["left_after_cleanup"] = [_name(p) for p in second.processes()]
+    obs["killed"]["work_dirs"] = sorted(p.name for p in second.tmp.glob("stune-trial-*"))
     # 3. --resume again, to the end.
     third = start_sweep(root, "long-3", "--resume", "--out", run)
     while third.proc.poll() is None:
@@ -411,6 +415,7 @@ def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
     obs["rows"] = read_trials(run)
     obs["summary"] = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
     obs["left_after_exit"] = third.wait_session_gone(20)
+    obs["work_dirs_left"] = sorted(p.name for p in third.tmp.glob("stune-trial-*"))
     return obs
 
 
@@ -441,6 +446,10 @@ def test_driver_killed_resume_keeps_completed_trials_and_the_searchers_history(l
     run, rows = long_run["run"], {r["trial_id"]: r for r in long_run["rows"]}
     assert long_run["rc"] == 0, long_run["third"].tail()
     assert long_run["killed"]["left_after_cleanup"] == []
+    # The killed workers' scratch folders (checkpoints of their trials) were removed by the
+    # trials of the next run on this host; the finished sweep leaves none of its own.
+    assert long_run["killed"]["work_dirs"], "the kill left no scratch folder: nothing was checked"
+    assert long_run["work_dirs_left"] == [], long_run["work_dirs_left"]
     # Every trial finished before either interruption is kept, with its score.
     for before in done(long_run["ctrl_c"]["rows"]) + done(long_run["killed"]["rows"]):
         after = rows[before["trial_id"]]
@@ -464,9 +473,9 @@ def test_driver_killed_resume_keeps_completed_trials_and_the_searchers_history(l
     assert studies == 1
     assert list(states.values()).count("COMPLETE") == LONG_TRIALS, states
     # Besides them, at most the trials proposed in the last second before the kill, which Ray's
-    # saved state did not hold yet (they stay RUNNING in the study).
+    # saved state did not hold yet: written as running, they end as failed with the sweep.
     others = [s for s in states.values() if s != "COMPLETE"]
-    assert set(others) <= {"RUNNING"} and len(others) <= LONG_CONCURRENCY + 1, others
+    assert set(others) <= {"FAIL"} and len(others) <= LONG_CONCURRENCY + 1, others
     per_trial: dict[int, tuple] = {}
     for trial_id, name, value in sorted(params):
         if states[trial_id] == "COMPLETE":
@@ -883,3 +892,47 @@ def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(
     recorded = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
     assert sorted((t.user_attrs["trial_id"], t.value) for t in recorded) == [("a", 0.4), ("b", 0.6), ("c", 0.5)]
     assert sorted(t.value for t in resumed._ot_study.get_trials()) == [0.4, 0.5, 0.6]
+
+
+def test_study_db_shows_each_trial_while_it_runs(tmp_path):
+    """optuna-dashboard reads study.db: a trial is there from its proposal, running, with each
+    score as it comes, and ends with the searcher's verdict. A trial that the searcher lost in an
+    interruption but Ray ran on ends with its last score; one never resumed ends as failed."""
+    import optuna
+
+    from tune.faults import ResumableOptunaSearch
+    from tune.study import StudyMirror
+
+    def searcher():
+        made = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max",
+                                     sampler=optuna.samplers.RandomSampler(seed=0))
+        made.mirror = StudyMirror(str(tmp_path / "study.db"), "run")
+        return made
+
+    def recorded():
+        trials = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
+        return {t.user_attrs["trial_id"]: (t.state.name, t.value, t.intermediate_values) for t in trials}
+
+    live = searcher()
+    config = live.suggest("a")
+    assert recorded() == {"a": ("RUNNING", None, {})}
+    [stored] = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
+    assert stored.params == config
+    live.on_trial_result("a", {"score": 0.3, "training_iteration": 1})
+    live.on_trial_result("a", {"score": 0.5, "training_iteration": 2})
+    assert recorded()["a"] == ("RUNNING", None, {1: 0.3, 2: 0.5})
+    live.on_trial_complete("a", {"score": 0.5, "training_iteration": 2})
+    assert recorded()["a"] == ("COMPLETE", 0.5, {1: 0.3, 2: 0.5})
+    live.save(str(tmp_path / "searcher.pkl"))
+    live.suggest("b")
+    live.suggest("c")
+    live.on_trial_result("b", {"score": 0.2, "training_iteration": 1})  # then the driver is killed
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))  # b and c were proposed after its save
+    resumed.on_trial_result("b", {"score": 0.4, "training_iteration": 2})  # Ray resumed b, not c
+    resumed.on_trial_complete("b", {"score": 0.4, "training_iteration": 2})
+    assert recorded()["b"] == ("COMPLETE", 0.4, {1: 0.2, 2: 0.4})
+    assert recorded()["c"][0] == "RUNNING"
+    assert StudyMirror(str(tmp_path / "study.db"), "run").end_running() == 1  # the sweep ends
+    assert {k: v[0] for k, v in recorded().items()} == {"a": "COMPLETE", "b": "COMPLETE", "c": "FAIL"}

@@ -204,7 +204,7 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
     from tune.recorder import SweepRecorder
     from tune.trainable import pack_model, run_trial
 
-    from tune.study import StudyUploader, local_study_path, relocated, sqlite_url
+    from tune.study import StudyMirror, StudyUploader, local_study_path, relocated, sqlite_url, study_name
 
     if not verbose:
         import optuna
@@ -292,6 +292,8 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
             baseline.abandon()
         else:  # Scoring while Ray shuts down made Ray's core worker end the process (exit 1, no message).
             baseline.wait_if_started()
+            # Trials written as running that Ray never resumed (lost to a killed driver) end as failed.
+            StudyMirror(study_path, study_name(run_dir)).end_running()
     finally:
         disconnect()
         upload_study(force=True)
@@ -470,7 +472,7 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         points = [initial_point_params(p, config.loss.name) for p in config.initial_points]
     from tune.study import StudyMirror, study_name
 
-    # The study is searched in memory and recorded in RUN_DIR/study.db as trials finish
+    # The study is searched in memory and recorded in RUN_DIR/study.db as trials go
     # (optuna-dashboard, stune report, warm starts): see tune/study.py.
     searcher = ResumableOptunaSearch(
         space, metric=BEST_OBJECTIVE, mode="max", sampler=sampler, points_to_evaluate=points or None,
@@ -482,7 +484,7 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
     if seed_trials:  # finished trials of an earlier sweep: TPE models them from the first trial on
         searcher._ot_study.add_trials(seed_trials)
         if searcher.mirror is not None:
-            searcher.mirror.add(seed_trials)
+            searcher.mirror.seed(seed_trials)
     return searcher
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import optuna
 from ray.tune import Stopper
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from trainers.errors import Interrupted, on_stop_signals
@@ -56,7 +57,7 @@ class StopOnTrialError(Stopper):
 
 class ResumableOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, with its study in memory and copied to ``study.db`` (``mirror``) as
-    trials finish, and resumable after a killed driver. Ray can save its experiment state with
+    trials start, report and finish, and resumable after a killed driver. Ray can save its experiment state with
     trials started or finished after it saved the searcher's. Then:
     - the results of a trial the searcher has no record of are not fed to Optuna, where Ray's
       raised KeyError and every ``--resume`` died at that trial's first result; the trial runs
@@ -67,20 +68,29 @@ class ResumableOptunaSearch(OptunaSearch):
 
     mirror: "StudyMirror | None" = None  # none in searchers pickled before 2026-12-07 (their study is in SQLite)
 
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if self.mirror is not None and config is not None:
+            self.mirror.start(trial_id, self._frozen(trial_id))
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self._knows(trial_id) and trial_id not in self._completed_trials:
             super().on_trial_result(trial_id, result)
+        if self.mirror is not None and self.metric in result:
+            self.mirror.report(trial_id, result[TRAINING_ITERATION], result[self.metric])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not self._knows(trial_id):
             log.info("trial %s is not in the searcher's saved state: its result does not inform the search", trial_id)
+            if self.mirror is not None:
+                self.mirror.finish_unknown(trial_id, (result or {}).get(self.metric), error)
             return
         if trial_id in self._completed_trials:  # run again after a resume; the study has it already
             return
         super().on_trial_complete(trial_id, result, error)
         if self.mirror is not None:
-            number = self._ot_trials[trial_id].number
-            self.mirror.add([self._ot_study.get_trials(deepcopy=False)[number]], trial_id)
+            self.mirror.finish(trial_id, self._frozen(trial_id))
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -100,6 +110,9 @@ class ResumableOptunaSearch(OptunaSearch):
         if taken_back:
             log.info("the searcher took back %d trial(s) that finished after its last save", taken_back)
         self._ot_study.sampler.reseed_rng()
+
+    def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        return self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
 
     def _knows(self, trial_id: str) -> bool:
         return trial_id in self._ot_trials or trial_id in self._completed_trials

@@ -2,8 +2,9 @@
 
 The searcher keeps its study in memory: TPE reads every trial at each proposal, and through
 SQLite that took 0.1–0.3 s of the driver per trial, growing with the sweep (300 two-step trials
-of the tiny test model: 107–110 s with the study in SQLite, 83–85 s in memory; BENCHMARKS.md §1). ``StudyMirror`` copies each finished
-trial into ``RUN_DIR/study.db`` (with its stune trial id as user attr ``trial_id``), so that
+of the tiny test model: 107–110 s with the study in SQLite, 83–85 s in memory; BENCHMARKS.md §1). ``StudyMirror`` writes
+each trial into ``RUN_DIR/study.db`` as it starts, reports and ends (with its stune trial id as user
+attr ``trial_id``), so that
 ``optuna-dashboard sqlite:///RUN_DIR/study.db`` shows it, ``stune report`` plots it, and a later
 sweep can be seeded with its trials (``--warm-start-from``).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -59,14 +61,20 @@ class StudyStorage(RDBStorage):
 
 
 class StudyMirror:
-    """``study.db`` as a copy of the searcher's in-memory study: each finished trial is written
-    once, keyed by its stune trial id. A write that fails (a dashboard holding the file for over a
-    minute, a full disk) is logged and the sweep goes on; the in-memory study is what searches."""
+    """``study.db`` as a live copy of the searcher's in-memory study, keyed by stune trial id (user
+    attr ``trial_id``): a trial is written when it is proposed, each score as it is reported, its
+    end when it ends, so optuna-dashboard shows running trials as they go. A write that fails (a
+    dashboard holding the file for over a minute, a full disk) is logged and the sweep goes on; the
+    trial's end writes whatever of it is missing. The in-memory study is what searches."""
 
     def __init__(self, path: str, name: str):
         self.path, self.name = path, name
         self._study: optuna.Study | None = None
-        self._copied: set[str] = set()
+        self._rdb: RDBStorage | None = None
+        self._study_id = -1
+        self._rows: dict[str, int] = {}  # stune trial id -> its trial's id in study.db
+        self._steps: dict[str, set[int]] = {}  # the intermediate values written, per trial
+        self._finished: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # pickled with the searcher: no open database
         return {"path": self.path, "name": self.name}
@@ -75,38 +83,98 @@ class StudyMirror:
         path = _relocation.removeprefix("sqlite:///") if _relocation else state["path"]
         self.__init__(path, state["name"])
 
-    def add(self, trials: list[optuna.trial.FrozenTrial], trial_id: str | None = None) -> None:
-        """Copy ``trials`` (the finished trial of stune trial ``trial_id``, or a warm start's seeds)."""
-        try:
-            study = self.study()
-            if trial_id is not None:
-                if trial_id in self._copied:
-                    return
-                trials = [_with_user_attr(t, "trial_id", trial_id) for t in trials]
-            study.add_trials(trials)
-            if trial_id is not None:
-                self._copied.add(trial_id)
-        except Exception as exc:  # noqa: BLE001 - the record must not end the sweep it records
-            log.warning("could not record trial %s in %s: %s", trial_id or "seeds", self.path, exc)
+    def seed(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Copy a warm start's seed trials."""
+        self._write("seeds", lambda study: study.add_trials(trials))
 
-    def study(self) -> optuna.Study:
-        if self._study is None:
-            storage = RDBStorage(sqlite_url(self.path), engine_kwargs=_ENGINE_KWARGS)
-            self._study = optuna.create_study(storage=storage, study_name=self.name, direction="maximize", load_if_exists=True)
-            self._copied = set(self._own_trials())
-        return self._study
+    def start(self, trial_id: str, trial: optuna.trial.FrozenTrial) -> None:
+        """Write proposed trial ``trial_id`` as running, with its parameters."""
+        def write(study):
+            if trial_id not in self._rows and trial_id not in self._finished:
+                self._rows[trial_id] = self._rdb.create_new_trial(
+                    self._study_id, template_trial=_with_user_attr(trial, "trial_id", trial_id))
+                self._steps[trial_id] = set(trial.intermediate_values)
+        self._write(trial_id, write)
+
+    def report(self, trial_id: str, step: int, value: float) -> None:
+        """Write a score of a running trial (a trial not written as running is left to its end)."""
+        def write(study):
+            if trial_id in self._rows and trial_id not in self._finished:
+                self._rdb.set_trial_intermediate_value(self._rows[trial_id], step, value)
+                self._steps[trial_id].add(step)
+        self._write(trial_id, write)
+
+    def finish(self, trial_id: str, trial: optuna.trial.FrozenTrial) -> None:
+        """Write the end of trial ``trial_id`` (``trial`` finished): its state, value and any score
+        not written yet; the whole trial if its start was not written."""
+        def write(study):
+            if trial_id in self._finished:
+                return
+            if trial_id not in self._rows:
+                study.add_trial(_with_user_attr(trial, "trial_id", trial_id))
+            else:
+                row, storage = self._rows[trial_id], self._rdb
+                for step, value in trial.intermediate_values.items():
+                    if step not in self._steps[trial_id]:
+                        storage.set_trial_intermediate_value(row, step, value)
+                storage.set_trial_state_values(row, trial.state, trial.values)
+                del self._rows[trial_id], self._steps[trial_id]
+            self._finished.add(trial_id)
+        self._write(trial_id, write)
+
+    def finish_unknown(self, trial_id: str, value: float | None, error: bool) -> None:
+        """The end of a trial that the searcher lost in an interruption but Ray ran on: its row, if
+        it was written as running, is ended with the trial's last score."""
+        def write(study):
+            if trial_id in self._rows:
+                failed = error or value is None or not math.isfinite(value)
+                state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.COMPLETE
+                self._rdb.set_trial_state_values(self._rows.pop(trial_id), state, None if failed else [value])
+                self._finished.add(trial_id)
+        self._write(trial_id, write)
+
+    def end_running(self) -> int:
+        """Mark as failed the trials still written as running (lost in an interruption, never
+        resumed): at the end of a sweep nothing runs. Returns how many."""
+        ended = []
+        def write(study):
+            for trial_id in list(self._rows):
+                self._rdb.set_trial_state_values(self._rows.pop(trial_id), optuna.trial.TrialState.FAIL)
+                self._finished.add(trial_id)
+                ended.append(trial_id)
+        self._write("still running", write)
+        return len(ended)
 
     def finished_trials(self) -> dict[str, optuna.trial.FrozenTrial]:
-        """This sweep's copied trials by stune trial id (what a resumed searcher may have lost)."""
+        """This sweep's finished trials by stune trial id (what a resumed searcher may have lost)."""
         try:
-            self.study()
-            return self._own_trials()
+            return {trial_id: t for trial_id, t in self._own_trials(self.study()).items() if t.state.is_finished()}
         except Exception as exc:  # noqa: BLE001
             log.warning("could not read %s: %s", self.path, exc)
             return {}
 
-    def _own_trials(self) -> dict[str, optuna.trial.FrozenTrial]:  # not a warm start's seeds
-        return {t.user_attrs["trial_id"]: t for t in self._study.get_trials(deepcopy=False)
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            rdb = RDBStorage(sqlite_url(self.path), engine_kwargs=_ENGINE_KWARGS)
+            study = optuna.create_study(storage=rdb, study_name=self.name, direction="maximize", load_if_exists=True)
+            self._rdb, self._study_id = rdb, rdb.get_study_id_from_name(self.name)
+            own = self._own_trials(study)
+            self._finished = {trial_id for trial_id, t in own.items() if t.state.is_finished()}
+            self._rows = {trial_id: rdb.get_trial_id_from_study_id_trial_number(self._study_id, t.number)
+                          for trial_id, t in own.items() if trial_id not in self._finished}
+            self._steps = {trial_id: set(own[trial_id].intermediate_values) for trial_id in self._rows}
+            self._study = study
+        return self._study
+
+    def _write(self, what: str, write) -> None:
+        try:
+            write(self.study())
+        except Exception as exc:  # noqa: BLE001 - the record must not end the sweep it records
+            log.warning("could not record trial %s in %s: %s", what, self.path, exc)
+
+    @staticmethod
+    def _own_trials(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:  # not a warm start's seeds
+        return {t.user_attrs["trial_id"]: t for t in study.get_trials(deepcopy=False)
                 if "trial_id" in t.user_attrs and WARM_START_ATTR not in t.user_attrs}
 
 

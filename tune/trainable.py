@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
 from pathlib import Path
@@ -142,7 +143,7 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
 
     resume_from = None
     checkpoint = ray.tune.get_checkpoint()
-    work_dir = Path(tempfile.mkdtemp(prefix="stune-trial-"))
+    work_dir = trial_work_dir()
     if checkpoint is not None:
         resume_from = checkpoint.to_directory(str(work_dir / "resume"))
         if (Path(resume_from) / FINISHED_NOTE).exists() or _at_last_step(resume_from):
@@ -181,6 +182,32 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
         raise SystemExit(0)
     if error is not None:
         ray.tune.report({ERROR_KEY: error, "node": node})
+
+
+WORK_DIR_PREFIX = "stune-trial-"
+
+
+def trial_work_dir() -> Path:
+    """A new scratch folder for one trial (its checkpoints before Ray takes them, a resumed
+    checkpoint), named after this process and host. A trial removes its own when it ends; a
+    worker killed first (SIGKILL, out of memory, a second Ctrl-C) cannot, and left up to two
+    checkpoints in /tmp each time. So the folders of this host's dead processes go first."""
+    host, tmp = socket.gethostname(), Path(tempfile.gettempdir())
+    for stale in tmp.glob(f"{WORK_DIR_PREFIX}*@{host}-*"):
+        pid, _, rest = stale.name.removeprefix(WORK_DIR_PREFIX).partition("@")
+        if rest.rpartition("-")[0] == host and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}@{host}-", dir=tmp))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def checkpoint_to_report(folder: str):
