@@ -1,8 +1,10 @@
 """Seeing a sweep after (or while) it runs: ``stune report``, study.db, warm starts, TensorBoard
 events and the export's model card, all on one real tiny sweep run through the CLI."""
 
+import contextlib
 import json
 import shutil
+import sqlite3
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -139,7 +141,22 @@ def test_report_works_on_a_running_or_interrupted_sweep(swept, tmp_path):
     (run / "trials.csv").write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
     running = run / f"trial_{rows[-1][0]}" / "result.json"
     running.write_text(running.read_text() + '{"spearman_cosine": 0.4, "st')
+    # ... and study.db holds them as running, with no value yet (as the sweep writes them)
+    ids = [row[0] for row in rows[-2:]]
+    with contextlib.closing(sqlite3.connect(run / "study.db")) as db, db:
+        marks = ",".join("?" * len(ids))
+        numbers = [n for (n,) in db.execute(
+            f"select trial_id from trial_user_attributes where key = 'trial_id' and value_json in ({marks})",
+            [json.dumps(i) for i in ids])]
+        assert len(numbers) == 2
+        db.execute(f"update trials set state = 'RUNNING', datetime_complete = NULL where trial_id in ({','.join('?' * 2)})", numbers)
+        db.execute(f"delete from trial_values where trial_id in ({','.join('?' * 2)})", numbers)
     result = write_report(str(run), tmp_path / "out")
+    # a running trial counts in the study's plots with its best score so far, from trials.csv
+    by_id = {r["trial_id"]: r for r in read_trials(run)}
+    shown = {t.user_attrs["trial_id"]: t for t in result["data"].study.trials if t.user_attrs.get("running")}
+    assert sorted(shown) == sorted(ids)
+    assert all(t.value == pytest.approx(float(by_id[i][OBJECTIVE])) for i, t in shown.items())
     assert result["placeholders"] == {}
     for name in PLOT_NAMES:
         assert (tmp_path / "out" / f"{name}.png").read_bytes().startswith(PNG)

@@ -174,6 +174,7 @@ def _read_study(run_dir: RunDir, rows: list[dict[str, Any]] = ()):
         trials = stored.get_trials(deepcopy=True)
     study = optuna.create_study(direction="maximize", study_name=run_dir.name)
     seeded = 0
+    scored = {row.get("trial_id"): row for row in rows if row.get(OBJECTIVE) is not None}
     for trial in trials:
         if WARM_START_ATTR in trial.user_attrs:
             seeded += 1
@@ -181,10 +182,11 @@ def _read_study(run_dir: RunDir, rows: list[dict[str, Any]] = ()):
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
             study.add_trial(trial)
         elif trial.state == optuna.trial.TrialState.RUNNING:
-            row = _row_of(trial.params, rows)
+            row = scored.get(trial.user_attrs.get("trial_id")) or _row_of(trial.params, rows)  # no id before 2026-12-07
             if row is not None:
                 study.add_trial(optuna.trial.create_trial(
-                    params=trial.params, distributions=trial.distributions, value=row[OBJECTIVE], user_attrs={"running": True},
+                    params=trial.params, distributions=trial.distributions, value=row[OBJECTIVE],
+                    user_attrs={**trial.user_attrs, "running": True},
                 ))
     return study, seeded
 
