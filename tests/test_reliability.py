@@ -405,6 +405,9 @@ def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
     obs["killed"]["left"] = second.kill_all()  # Ray processes the dead driver left behind, now killed
     obs["killed"]["left_after_cleanup"] = [_name(p) for p in second.processes()]
     obs["killed"]["work_dirs"] = sorted(p.name for p in second.tmp.glob("stune-trial-*"))
+    # A kill that lands while Ray saves its searcher leaves the save's temporary file (seen in
+    # a test run on 2026-12-07); the resume removes such leftovers (checked in the retention test).
+    (run / ".0b1e2c3d-tmp-searcher-state-2026-01-01_00-00-00.pkl").write_bytes(b"cut")
     # 3. --resume again, to the end.
     third = start_sweep(root, "long-3", "--resume", "--out", run)
     while third.proc.poll() is None:

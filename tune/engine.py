@@ -16,6 +16,7 @@ import time
 import warnings
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import wait as futures_wait
+from pathlib import Path
 from typing import Any, Callable
 
 from trainers.config import input_paths, refuse_out_holding_inputs
@@ -239,6 +240,8 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         # Sweeps started before this module was renamed from tune/sweep.py pickled references to
         # it; an alias in sys.modules (not an attribute of the package: that is the tune.sweep API) finds them.
         sys.modules.setdefault("tune.sweep", sys.modules[__name__])
+        if run_dir.is_local:
+            _remove_partial_saves(run_dir.path)
         with relocated(sqlite_url(study_path)):  # the searcher pickled in the Tuner, before its own state is restored
             tuner = tune.Tuner.restore(
                 run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
@@ -442,6 +445,14 @@ def _warm_start(uri: str, config: SweepConfig) -> list:
         f" ({skipped} outside this search space left out)" if skipped else "",
     )
     return trials
+
+
+def _remove_partial_saves(path: str) -> None:
+    """Ray saves its searcher and search state to a temporary file it then renames; a driver
+    killed mid-save leaves that file in the run dir for good. Only a resume, holding the run
+    dir's lock, runs this: no other sweep is writing there."""
+    for leftover in [*Path(path).glob(".*-tmp-searcher-state-*"), *Path(path).glob("tmp-search_gen_state-*")]:
+        leftover.unlink(missing_ok=True)
 
 
 def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study_path: str | None = None, seed_trials: list | None = None):
