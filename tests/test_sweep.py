@@ -543,7 +543,7 @@ def test_time_budget_ends_the_sweep_and_names_the_trials_it_cut(tiny_model, scor
     # ~12 s here alone, ~24 s beside two busy processes (and never, before workers stopped being
     # reniced to 15), so 40 s leaves room on a loaded CI machine.
     config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=40, max_steps=50000,
-                                                    scheduler="none", time_budget="40s"))
+                                                    eval_steps=100, scheduler="none", time_budget="40s"))
     t0 = time.time()
     summary = run_sweep(config, str(tmp_path / "run"))
     assert time.time() - t0 < 150
@@ -553,6 +553,18 @@ def test_time_budget_ends_the_sweep_and_names_the_trials_it_cut(tiny_model, scor
     assert {r["status"] for r in rows} <= {"completed", "stopped_early", "out_of_time", "pending"}, rows
     assert len(rows) < 40
     assert checkpoint_dirs(tmp_path / "run") == []
+    # study.db (optuna-dashboard): a trial the budget cut is complete with its best score so far,
+    # not left running (Ray does not tell the searcher about these trials)
+    import optuna
+
+    study = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    states = {t.user_attrs["trial_id"]: (t.state.name, t.value) for t in study.trials}
+    assert "RUNNING" not in {state for state, _ in states.values()}, states
+    cut = [r for r in rows if r["status"] == "out_of_time" and r[OBJECTIVE]]
+    assert cut, rows
+    for row in cut:
+        assert states[row["trial_id"]][0] == "COMPLETE"
+        assert states[row["trial_id"]][1] == pytest.approx(float(row[OBJECTIVE]), abs=1e-6)
 
 
 def _broken_copy(model: str, where: Path) -> str:

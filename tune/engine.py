@@ -295,8 +295,10 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
             baseline.abandon()
         else:  # Scoring while Ray shuts down made Ray's core worker end the process (exit 1, no message).
             baseline.wait_if_started()
-            # Trials written as running that Ray never resumed (lost to a killed driver) end as failed.
-            StudyMirror(study_path, study_name(run_dir)).end_running()
+            # Trials still written as running in study.db: cut by the time budget (complete, with their
+            # best score so far), or lost to a killed driver and never resumed (failed).
+            cut = {tid: row.get(OBJECTIVE) for tid, row in recorder.rows.items() if row.get("status") == "running"}
+            StudyMirror(study_path, study_name(run_dir)).end_running({tid: float(v) for tid, v in cut.items() if v not in (None, "")})
     finally:
         disconnect()
         upload_study(force=True)

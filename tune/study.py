@@ -133,13 +133,18 @@ class StudyMirror:
                 self._finished.add(trial_id)
         self._write(trial_id, write)
 
-    def end_running(self) -> int:
-        """Mark as failed the trials still written as running (lost in an interruption, never
-        resumed): at the end of a sweep nothing runs. Returns how many."""
+    def end_running(self, scores: dict[str, float] | None = None) -> int:
+        """End the trials still written as running when the sweep ends: those in ``scores`` (cut
+        by the time budget; Ray does not tell the searcher) as complete with their best score so
+        far, the others (lost to a killed driver, never resumed) as failed. Returns how many."""
         ended = []
         def write(study):
             for trial_id in list(self._rows):
-                self._rdb.set_trial_state_values(self._rows.pop(trial_id), optuna.trial.TrialState.FAIL)
+                score = (scores or {}).get(trial_id)
+                if score is not None and math.isfinite(score):
+                    self._rdb.set_trial_state_values(self._rows.pop(trial_id), optuna.trial.TrialState.COMPLETE, [score])
+                else:
+                    self._rdb.set_trial_state_values(self._rows.pop(trial_id), optuna.trial.TrialState.FAIL)
                 self._finished.add(trial_id)
                 ended.append(trial_id)
         self._write("still running", write)
