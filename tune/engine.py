@@ -297,8 +297,9 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
             baseline.wait_if_started()
             # Trials still written as running in study.db: cut by the time budget (complete, with their
             # best score so far), or lost to a killed driver and never resumed (failed).
-            cut = {tid: row.get(OBJECTIVE) for tid, row in recorder.rows.items() if row.get("status") == "running"}
-            StudyMirror(study_path, study_name(run_dir)).end_running({tid: float(v) for tid, v in cut.items() if v not in (None, "")})
+            cut = {tid: float(row[OBJECTIVE]) for tid, row in recorder.rows.items()
+                   if row.get("status") == "running" and row.get(OBJECTIVE) not in (None, "")}
+            StudyMirror(study_path, study_name(run_dir)).end_running(cut)
     finally:
         disconnect()
         upload_study(force=True)

@@ -127,10 +127,7 @@ class StudyMirror:
         it was written as running, is ended with the trial's last score."""
         def write(study):
             if trial_id in self._rows:
-                failed = error or value is None or not math.isfinite(value)
-                state = optuna.trial.TrialState.FAIL if failed else optuna.trial.TrialState.COMPLETE
-                self._rdb.set_trial_state_values(self._rows.pop(trial_id), state, None if failed else [value])
-                self._finished.add(trial_id)
+                self._end(trial_id, None if error else value)
         self._write(trial_id, write)
 
     def end_running(self, scores: dict[str, float] | None = None) -> int:
@@ -140,15 +137,19 @@ class StudyMirror:
         ended = []
         def write(study):
             for trial_id in list(self._rows):
-                score = (scores or {}).get(trial_id)
-                if score is not None and math.isfinite(score):
-                    self._rdb.set_trial_state_values(self._rows.pop(trial_id), optuna.trial.TrialState.COMPLETE, [score])
-                else:
-                    self._rdb.set_trial_state_values(self._rows.pop(trial_id), optuna.trial.TrialState.FAIL)
-                self._finished.add(trial_id)
+                self._end(trial_id, (scores or {}).get(trial_id))
                 ended.append(trial_id)
         self._write("still running", write)
         return len(ended)
+
+    def _end(self, trial_id: str, score: float | None) -> None:
+        """End a trial written as running: complete with ``score``, or failed without a finite one."""
+        if score is not None and math.isfinite(score):
+            self._rdb.set_trial_state_values(self._rows[trial_id], optuna.trial.TrialState.COMPLETE, [score])
+        else:
+            self._rdb.set_trial_state_values(self._rows[trial_id], optuna.trial.TrialState.FAIL)
+        del self._rows[trial_id], self._steps[trial_id]
+        self._finished.add(trial_id)
 
     def finished_trials(self) -> dict[str, optuna.trial.FrozenTrial]:
         """This sweep's finished trials by stune trial id (what a resumed searcher may have lost)."""

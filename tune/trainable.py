@@ -192,22 +192,14 @@ def trial_work_dir() -> Path:
     checkpoint), named after this process and host. A trial removes its own when it ends; a
     worker killed first (SIGKILL, out of memory, a second Ctrl-C) cannot, and left up to two
     checkpoints in /tmp each time. So the folders of this host's dead processes go first."""
+    import psutil
+
     host, tmp = socket.gethostname(), Path(tempfile.gettempdir())
     for stale in tmp.glob(f"{WORK_DIR_PREFIX}*@{host}-*"):
         pid, _, rest = stale.name.removeprefix(WORK_DIR_PREFIX).partition("@")
-        if rest.rpartition("-")[0] == host and pid.isdigit() and not _alive(int(pid)):
+        if rest.rpartition("-")[0] == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}@{host}-", dir=tmp))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def checkpoint_to_report(folder: str):
