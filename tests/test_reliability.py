@@ -489,7 +489,9 @@ def test_driver_killed_resume_keeps_completed_trials_and_the_searchers_history(l
             per_trial[trial_id] = per_trial.get(trial_id, ()) + ((name, value),)
     assert len(set(per_trial.values())) == LONG_TRIALS, "a parameter set was proposed twice"
     assert len({(r["learning_rate"], r["scale"]) for r in ray_trials}) == LONG_TRIALS
-    assert len({r["number"] for r in ray_trials}) == LONG_TRIALS, "Ray's trial numbers went on, not over"
+    # Ray's trial numbers went on after each resume, not over from 1. (A trial that started after
+    # Ray's last save and finished before the kill keeps its number, which Ray gives out again.)
+    assert len({r["number"] for r in ray_trials}) >= LONG_TRIALS - LONG_CONCURRENCY, "Ray's trial numbers started over"
 
 
 @pytest.mark.slow
@@ -867,8 +869,11 @@ def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(
     """The searcher's study lives in memory (study.db is its copy). After a killed driver, Ray
     restores the searcher as it was at its last save: trials that finished after that are in
     study.db only. The resumed searcher learns them back, and does not propose again what its
-    saved random state proposed after the save (a configuration run twice)."""
+    saved random state proposed after the save (a configuration run twice). A trial taken back
+    counts towards the sweep's trials: Ray's restored count does not hold it (a 50-trial sweep
+    ran 51 in a CI run on 2026-12-07)."""
     import optuna
+    from ray.tune.search import Searcher
 
     from tune.faults import ResumableOptunaSearch
     from tune.study import StudyMirror
@@ -877,6 +882,7 @@ def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(
         made = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max",
                                      sampler=optuna.samplers.RandomSampler(seed=0))
         made.mirror = StudyMirror(str(tmp_path / "study.db"), "run")
+        made.trial_budget = 3
         return made
 
     def finish(searcher, trial_id, score):
@@ -899,6 +905,8 @@ def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(
     recorded = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
     assert sorted((t.user_attrs["trial_id"], t.value) for t in recorded) == [("a", 0.4), ("b", 0.6), ("c", 0.5)]
     assert sorted(t.value for t in resumed._ot_study.get_trials()) == [0.4, 0.5, 0.6]
+    # Ray restored a count of one trial (a) and would create two more; the second is one too many.
+    assert resumed.suggest("d") == Searcher.FINISHED
 
 
 def test_study_db_shows_each_trial_while_it_runs(tmp_path):

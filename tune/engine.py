@@ -493,6 +493,7 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         study_name=study_name(run_dir),
     )
     searcher.mirror = StudyMirror(study_path, study_name(run_dir)) if study_path else None
+    searcher.trial_budget = config.trials
     if searcher.mirror is not None:
         searcher.mirror.study()  # study.db exists from the start, as the dashboard and report expect
     if seed_trials:  # finished trials of an earlier sweep: TPE models them from the first trial on

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import optuna
 from ray.tune import Stopper
 from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainers.errors import Interrupted, on_stop_signals
@@ -64,11 +65,16 @@ class ResumableOptunaSearch(OptunaSearch):
       and is recorded as any other;
     - trials that finished after that save, and so are in ``study.db`` only, are given back to
       the restored study, and the sampler is reseeded: with its saved random state and the same
-      trials it would propose again what it proposed after the save."""
+      trials it would propose again what it proposed after the save;
+    - those trials count towards the sweep's ``trials`` (``trial_budget``): Ray's restored count
+      of trials holds only the ones it had created by its save, and would run as many again."""
 
     mirror: "StudyMirror | None" = None  # none in searchers pickled before 2026-12-07 (their study is in SQLite)
+    trial_budget: int | None = None  # the sweep's `trials`; none in searchers pickled before it was added
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self._budget_spent(trial_id):
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         if self.mirror is not None and config is not None:
             self.mirror.start(trial_id, self._frozen(trial_id))
@@ -113,6 +119,11 @@ class ResumableOptunaSearch(OptunaSearch):
 
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial:
         return self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
+
+    def _budget_spent(self, trial_id: str) -> bool:
+        if self.trial_budget is None or trial_id in self._ot_trials:
+            return False
+        return len(self._ot_trials.keys() | self._completed_trials) >= self.trial_budget
 
     def _knows(self, trial_id: str) -> bool:
         return trial_id in self._ot_trials or trial_id in self._completed_trials
