@@ -201,7 +201,9 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from tune.faults import Interrupted, StopOnTrialError, graceful_ctrl_c
+    from ray.tune.search import ConcurrencyLimiter
+
+    from tune.faults import Interrupted, ResumableSearchGenerator, StopOnTrialError, graceful_ctrl_c
     from tune.recorder import SweepRecorder
     from tune.trainable import pack_model, run_trial
 
@@ -255,10 +257,13 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(config, space, run_dir, study_path=study_path, seed_trials=seed_trials),
+                # What max_concurrent_trials would make of the searcher (see ResumableSearchGenerator).
+                search_alg=ResumableSearchGenerator(ConcurrencyLimiter(
+                    _searcher(config, space, run_dir, study_path=study_path, seed_trials=seed_trials),
+                    max_concurrent=config.max_concurrent_trials,
+                )),
                 scheduler=_scheduler(config),
                 num_samples=config.trials,
-                max_concurrent_trials=config.max_concurrent_trials,
                 reuse_actors=True,
                 time_budget_s=parse_duration(config.time_budget) if config.time_budget else None,
                 trial_dirname_creator=trial_dirname,
@@ -493,7 +498,6 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         study_name=study_name(run_dir),
     )
     searcher.mirror = StudyMirror(study_path, study_name(run_dir)) if study_path else None
-    searcher.trial_budget = config.trials
     if searcher.mirror is not None:
         searcher.mirror.study()  # study.db exists from the start, as the dashboard and report expect
     if seed_trials:  # finished trials of an earlier sweep: TPE models them from the first trial on

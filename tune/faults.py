@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import optuna
 from ray.tune import Stopper
 from ray.tune.result import TRAINING_ITERATION
-from ray.tune.search import Searcher
+from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from trainers.errors import Interrupted, on_stop_signals
@@ -65,16 +65,13 @@ class ResumableOptunaSearch(OptunaSearch):
       and is recorded as any other;
     - trials that finished after that save, and so are in ``study.db`` only, are given back to
       the restored study, and the sampler is reseeded: with its saved random state and the same
-      trials it would propose again what it proposed after the save;
-    - those trials count towards the sweep's ``trials`` (``trial_budget``): Ray's restored count
-      of trials holds only the ones it had created by its save, and would run as many again."""
+      trials it would propose again what it proposed after the save. Those started after the
+      save are counted in ``started_after_save``, for ``ResumableSearchGenerator``."""
 
     mirror: "StudyMirror | None" = None  # none in searchers pickled before 2026-12-07 (their study is in SQLite)
-    trial_budget: int | None = None  # the sweep's `trials`; none in searchers pickled before it was added
+    started_after_save: int = 0
 
-    def suggest(self, trial_id: str) -> dict | str | None:
-        if self._budget_spent(trial_id):
-            return Searcher.FINISHED
+    def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if self.mirror is not None and config is not None:
             self.mirror.start(trial_id, self._frozen(trial_id))
@@ -102,7 +99,7 @@ class ResumableOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if self.mirror is None:
             return
-        taken_back = 0
+        taken_back = self.started_after_save = 0  # (a count pickled by an earlier run is in Ray's count already)
         for trial_id, finished in self.mirror.finished_trials().items():
             if trial_id in self._completed_trials:
                 continue
@@ -111,6 +108,7 @@ class ResumableOptunaSearch(OptunaSearch):
                 self._ot_study.tell(self._ot_trials[trial_id], value, state=finished.state)
             else:  # started after it
                 self._ot_study.add_trial(finished)
+                self.started_after_save += 1
             self._completed_trials.add(trial_id)
             taken_back += 1
         if taken_back:
@@ -120,13 +118,23 @@ class ResumableOptunaSearch(OptunaSearch):
     def _frozen(self, trial_id: str) -> optuna.trial.FrozenTrial:
         return self._ot_study.get_trials(deepcopy=False)[self._ot_trials[trial_id].number]
 
-    def _budget_spent(self, trial_id: str) -> bool:
-        if self.trial_budget is None or trial_id in self._ot_trials:
-            return False
-        return len(self._ot_trials.keys() | self._completed_trials) >= self.trial_budget
-
     def _knows(self, trial_id: str) -> bool:
         return trial_id in self._ot_trials or trial_id in self._completed_trials
+
+
+class ResumableSearchGenerator(SearchGenerator):
+    """Ray's SearchGenerator, around ``ConcurrencyLimiter(ResumableOptunaSearch)``. Restored, its
+    count of the trials it created is the one of Ray's last save; trials that the searcher took
+    back as started after that save (and finished before a killed driver) ran all the same, and
+    count towards the sweep's ``trials`` here: a 50-trial sweep resumed after a kill ran 51
+    (CI, 2026-12-07). The numbers Ray gives new trials also go on after theirs."""
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        searcher = self.searcher
+        while hasattr(searcher, "searcher"):  # the ConcurrencyLimiter around it
+            searcher = searcher.searcher
+        self._counter += getattr(searcher, "started_after_save", 0)
 
 
 @dataclass
