@@ -214,7 +214,8 @@ def main() -> None:
 
 def trial_at_peaks(run_dir: Path, sampler: Sampler) -> list[dict]:
     """For each trial worker: the trial it ran when its RSS peaked (from the pid and timestamps in
-    each trial's result.json), with its loss and batch size: the peak depends on which ran."""
+    each trial's result.json), with its loss and batch size: the peak depends on which ran. A
+    worker that reported no trial is listed with none."""
     spans = []  # (pid, start, end, trial_id, config)
     for result in run_dir.glob("trial_*/result.json"):
         reports = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
@@ -229,7 +230,8 @@ def trial_at_peaks(run_dir: Path, sampler: Sampler) -> list[dict]:
         t, rss = max(series, key=lambda point: point[1])
         at = sampler.t0 + t
         mine = [span for span in spans if span[0] == pid]
-        if not mine:
+        if not mine:  # an actor Ray started that reported no trial (seen in a quick run): its peak is its start-up's
+            found.append({"pid": pid, "rss": rss, "trial_id": None, "loss": None, "batch": None, "inside_trial": False})
             continue
         pid_, start, end, trial_id, config = min(mine, key=lambda span: max(span[1] - at, at - span[2], 0))
         found.append({"pid": pid, "rss": rss, "trial_id": trial_id, "loss": config.get("loss"),

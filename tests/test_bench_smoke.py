@@ -91,7 +91,8 @@ def test_resources(tmp_path):
     assert after["run_dir_checkpoints"] == 0 and after["trial_local"] == 0 and after["best"] > 0
     # which trial each worker ran at its peak, and the mix of trials: the peak depends on them
     assert {p["pid"] for p in result["trial_at_peaks"]} == {w["pid"] for w in result["trial_workers"]}
-    assert all(p["loss"] and p["batch"] for p in result["trial_at_peaks"]), result["trial_at_peaks"]
+    ran = [p for p in result["trial_at_peaks"] if p["trial_id"]]  # (Ray may start a worker that gets no trial)
+    assert ran and all(p["loss"] and p["batch"] for p in ran), result["trial_at_peaks"]
     assert sum(m["trials"] for m in result["trial_mix"]) == sum(result["counts"].values())
 
 

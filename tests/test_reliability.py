@@ -903,42 +903,42 @@ def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(
     assert sorted(t.value for t in resumed._ot_study.get_trials()) == [0.4, 0.5, 0.6]
 
 
-def test_trials_that_finished_after_rays_last_save_count_towards_the_sweeps_trials(tmp_path):
-    """A trial started after Ray's last save and finished before the driver was killed is taken
-    back by the searcher, but Ray's restored count of the trials it created lacks it: a 50-trial
-    sweep ran 51 (CI, 2026-12-07). Restored, the count holds it, once however often the sweep resumes."""
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
+@pytest.mark.parametrize("restored_count", [1, 2, 3])
+def test_a_resumed_sweep_runs_as_many_trials_as_asked_for(restored_count, tmp_path):
+    """Ray restores its count of the trials it created from its last save, which need not match
+    the trials that exist: one that started after that save and finished before the driver was
+    killed is kept from trials.csv but was not counted (a 50-trial sweep ran 51, CI 2026-12-07),
+    and one Ray's trial list lacks may have been. The count becomes the trials that exist: those
+    Ray restored and those kept, not those lost with the driver, so Ray creates just the rest."""
+    import csv
 
-    from tune.faults import ResumableOptunaSearch, ResumableSearchGenerator
-    from tune.study import StudyMirror
+    from ray.tune.experiment import Trial
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
-    def generator():  # as the engine builds it, for a 3-trial sweep
-        searcher = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max",
-                                         sampler=optuna.samplers.RandomSampler(seed=0))
-        searcher.mirror = StudyMirror(str(tmp_path / "study.db"), "run")
-        made = ResumableSearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=2))
-        made.set_state({"counter": 0, "total_samples": 3, "finished": False, "experiment": None})
-        return made
+    from tune.faults import CountTrialsThatExist, ResumableOptunaSearch
+    from tune.recorder import SweepRecorder
+    from tune.rundir import RunDir
 
-    def run(made, trial_id):  # what Ray's create_trial_if_possible does, less the Trial, then its end
-        assert made.searcher.suggest(trial_id) is not None
-        made.set_state({**made.get_state(), "counter": made.get_state()["counter"] + 1})
-        made.on_trial_complete(trial_id, {"score": 0.5, "training_iteration": 1})
-
-    before = generator()
-    run(before, "a")
-    before.save_to_dir(str(tmp_path), session_str="s1")
-    run(before, "b")  # then the driver is killed
-    resumed = generator()
-    resumed.restore_from_dir(str(tmp_path))
-    assert resumed.get_state()["counter"] == 2 and not resumed.is_finished()
-    run(resumed, "c")
-    assert resumed.is_finished()
-    resumed.save_to_dir(str(tmp_path), session_str="s2")  # killed again, after its last save: b counts once
-    again = generator()
-    again.restore_from_dir(str(tmp_path))
-    assert again.get_state()["counter"] == 3 and again.is_finished()
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "trials.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, ["trial_id", "status", "error"])
+        writer.writeheader()
+        writer.writerows([{"trial_id": "a", "status": "completed", "error": ""},  # in Ray's saved state
+                          {"trial_id": "b", "status": "completed", "error": ""},  # finished after it
+                          {"trial_id": "c", "status": "running", "error": ""},  # lost with the driver
+                          {"trial_id": "d", "status": "errored", "error": "lost: the sweep was killed before ..."}])
+    recorder = SweepRecorder(RunDir.open(str(run)), 4)
+    recorder.setup()
+    searcher = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max")
+    generator = SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=2))  # as the engine makes it
+    generator.set_state({"counter": restored_count, "total_samples": 4, "finished": False, "experiment": None})
+    counting = CountTrialsThatExist(generator, recorder.kept_trial_ids)
+    counting.on_step_begin(0, [Trial("trainable", stub=True, trial_id="a")])
+    assert generator.get_state()["counter"] == 2 and not generator.is_finished()
+    generator.set_state({**generator.get_state(), "counter": 3})  # Ray made a trial; the count is not set again
+    counting.on_step_begin(1, [Trial("trainable", stub=True, trial_id="a")])
+    assert generator.get_state()["counter"] == 3
 
 
 def test_study_db_shows_each_trial_while_it_runs(tmp_path):

@@ -201,9 +201,9 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
-    from tune.faults import Interrupted, ResumableSearchGenerator, StopOnTrialError, graceful_ctrl_c
+    from tune.faults import Interrupted, StopOnTrialError, graceful_ctrl_c
     from tune.recorder import SweepRecorder
     from tune.trainable import pack_model, run_trial
 
@@ -257,8 +257,9 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                # What max_concurrent_trials would make of the searcher (see ResumableSearchGenerator).
-                search_alg=ResumableSearchGenerator(ConcurrencyLimiter(
+                # What max_concurrent_trials makes of the searcher, made here so that a --resume
+                # can reach Ray's count of trials (CountTrialsThatExist).
+                search_alg=SearchGenerator(ConcurrencyLimiter(
                     _searcher(config, space, run_dir, study_path=study_path, seed_trials=seed_trials),
                     max_concurrent=config.max_concurrent_trials,
                 )),
@@ -476,8 +477,9 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
             seed=config.seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
         ),
         "random": lambda: optuna.samplers.RandomSampler(seed=config.seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=startup),
-        "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup),
+        # These two model the parameters every trial has; each loss's own are sampled apart by design.
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=startup, warn_independent_sampling=False),
+        "gp": lambda: optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup, warn_independent_sampling=False),
     }[config.searcher]
     with warnings.catch_warnings():  # multivariate/group are "experimental" to Optuna: chosen here on purpose
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -569,14 +571,20 @@ def _reattach(tuner, recorder) -> None:
     """After restore, this run's recorder (progress display, the run dir where it is now) takes
     the place of the pickled one; Ray calls its ``setup``, which reloads trials.csv and best.json,
     so the summary written after ``fit`` sees every trial, from before and after the restore.
-    Beside it, ``KeepRunFilesCurrent`` stops Ray's restored copies of sweep.json and best.json
+    ``CountTrialsThatExist`` counts its kept trials in the number Ray runs. ``KeepRunFilesCurrent`` stops Ray's restored copies of sweep.json and best.json
     from being uploaded over what this run writes to them."""
+    from ray.tune.search import SearchGenerator
+
+    from tune.faults import CountTrialsThatExist
     from tune.recorder import BEST_JSON, KeepRunFilesCurrent
 
     run_config = tuner._local_tuner._run_config
-    ours = (type(recorder), KeepRunFilesCurrent)
+    ours = (type(recorder), KeepRunFilesCurrent, CountTrialsThatExist)
     callbacks = [c for c in run_config.callbacks or [] if not isinstance(c, ours)]
     run_config.callbacks = [recorder, KeepRunFilesCurrent((SWEEP, BEST_JSON, SUMMARY)), *callbacks]
+    search_alg = tuner._local_tuner._tune_config.search_alg
+    if isinstance(search_alg, SearchGenerator):  # sweeps started before 2026-12-07 pickled the searcher alone
+        run_config.callbacks.append(CountTrialsThatExist(search_alg, recorder.kept_trial_ids))
 
 
 def write_summary(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import optuna
-from ray.tune import Stopper
+from ray.tune import Callback, Stopper
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -65,12 +65,10 @@ class ResumableOptunaSearch(OptunaSearch):
       and is recorded as any other;
     - trials that finished after that save, and so are in ``study.db`` only, are given back to
       the restored study, and the sampler is reseeded: with its saved random state and the same
-      trials it would propose again what it proposed after the save. Those started after the
-      save are counted in ``started_after_save``, for ``ResumableSearchGenerator``."""
+      trials it would propose again what it proposed after the save (``CountTrialsThatExist``
+      makes Ray count them too)."""
 
     mirror: "StudyMirror | None" = None  # none in searchers pickled before 2026-12-07 (their study is in SQLite)
-    started_after_save: int = 0
-
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if self.mirror is not None and config is not None:
@@ -99,7 +97,7 @@ class ResumableOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if self.mirror is None:
             return
-        taken_back = self.started_after_save = 0  # (a count pickled by an earlier run is in Ray's count already)
+        taken_back = 0
         for trial_id, finished in self.mirror.finished_trials().items():
             if trial_id in self._completed_trials:
                 continue
@@ -108,7 +106,6 @@ class ResumableOptunaSearch(OptunaSearch):
                 self._ot_study.tell(self._ot_trials[trial_id], value, state=finished.state)
             else:  # started after it
                 self._ot_study.add_trial(finished)
-                self.started_after_save += 1
             self._completed_trials.add(trial_id)
             taken_back += 1
         if taken_back:
@@ -122,19 +119,27 @@ class ResumableOptunaSearch(OptunaSearch):
         return trial_id in self._ot_trials or trial_id in self._completed_trials
 
 
-class ResumableSearchGenerator(SearchGenerator):
-    """Ray's SearchGenerator, around ``ConcurrencyLimiter(ResumableOptunaSearch)``. Restored, its
-    count of the trials it created is the one of Ray's last save; trials that the searcher took
-    back as started after that save (and finished before a killed driver) ran all the same, and
-    count towards the sweep's ``trials`` here: a 50-trial sweep resumed after a kill ran 51
-    (CI, 2026-12-07). The numbers Ray gives new trials also go on after theirs."""
+class CountTrialsThatExist(Callback):
+    """On ``--resume``, before Ray asks the searcher for its first new trial: Ray's count of the
+    trials it created, which decides how many more it creates, becomes the number of trials that
+    exist: those Ray restored, and those that finished after its last save and so are in
+    trials.csv only (``kept``: they are kept, with their scores). Ray restores the count of its last
+    save, and its files in the run dir need not even come from one save (a killed driver's last
+    upload can stop between them): a 50-trial sweep resumed after a kill ran 51 (CI, 2026-12-07).
+    Trials lost with the driver (running, in neither) are not counted: new ones take their place."""
 
-    def restore_from_dir(self, dirpath: str) -> None:
-        super().restore_from_dir(dirpath)
-        searcher = self.searcher
-        while hasattr(searcher, "searcher"):  # the ConcurrencyLimiter around it
-            searcher = searcher.searcher
-        self._counter += getattr(searcher, "started_after_save", 0)
+    def __init__(self, search_alg: SearchGenerator, kept: Callable[[], set[str]]):
+        self.search_alg, self.kept, self.pending = search_alg, kept, True
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if not self.pending:
+            return
+        self.pending = False
+        exist = {trial.trial_id for trial in trials} | self.kept()
+        state = self.search_alg.get_state()
+        if state["counter"] != len(exist):
+            log.info("Ray's count of trials created set from %d to the %d that exist", state["counter"], len(exist))
+            self.search_alg.set_state({**state, "counter": len(exist)})
 
 
 @dataclass

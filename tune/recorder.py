@@ -27,6 +27,7 @@ log = logging.getLogger("stune.sweep")
 
 BEST_JSON = "best.json"
 FIXED_COLUMNS = ["trial_id", "number", "status", "loss"]
+LOST = "lost:"  # the error of a trial Ray's saved state lacked
 RESULT_COLUMNS = [OBJECTIVE, "best_step", "steps", "total_steps", "node", "seconds", "error"]
 
 
@@ -48,6 +49,10 @@ class SweepRecorder(Callback):
                 self.rows[row["trial_id"]] = dict(row)
         if self.run_dir.exists(BEST_JSON):
             self.best = self.run_dir.read_json(BEST_JSON)
+
+    def kept_trial_ids(self) -> set[str]:
+        """Trials that ran to their end (not those lost with a killed driver): they count towards ``trials``."""
+        return {tid for tid, row in self.rows.items() if row["status"] in DONE and not str(row.get("error", "")).startswith(LOST)}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         row = self._row(trial)
@@ -138,7 +143,7 @@ class SweepRecorder(Callback):
                 # Started in the last second before the driver was killed, so missing from Ray's
                 # saved state: Ray's searcher made another trial in its place.
                 row["status"] = "errored"
-                row["error"] = "lost: the sweep was killed before Ray saved this trial; another trial replaced it"
+                row["error"] = f"{LOST} the sweep was killed before Ray saved this trial; another trial replaced it"
                 # Ray will never end it, so nothing else deletes what it saved before the kill.
                 try:
                     delete_checkpoint_dirs(self.run_dir.fs, self.run_dir.join(trial_dir_name(row["trial_id"])))
