@@ -346,22 +346,29 @@ def test_a_trial_with_eval_steps_runs_all_its_steps_under_asha(tiny_model, score
 
 
 def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
-    from tune.engine import run_sweep
+    from tune.engine import BEST_OBJECTIVE, _searcher, run_sweep
+    from tune.rundir import RunDir
+    from tune.space import SearchSpace
 
     recipe = {"loss": {"name": "TripletLoss", "margin": 0.4}, "learning_rate": 1e-3, "per_device_train_batch_size": 16}
-    firsts = []
-    for name in ("a", "b"):
-        config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=3, max_steps=2, seed=11,
-                                                        scheduler="none", max_concurrent_trials=1, **recipe))
-        run_sweep(config, str(tmp_path / name))
-        rows = sorted(read_trials(tmp_path / name), key=lambda r: int(r["number"]))
-        # The first trial is the config's own recipe; the searcher picks what it leaves open.
-        first = rows[0]
-        assert (first["loss"], float(first["margin"]), float(first["learning_rate"]), first["per_device_train_batch_size"]) \
-            == ("TripletLoss", 0.4, 1e-3, "16"), first
-        assert first["distance"] != ""
-        firsts.append([(r["loss"], r["learning_rate"], r["per_device_train_batch_size"]) for r in rows])
-    assert firsts[0] == firsts[1]
+    config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=3, max_steps=2, seed=11,
+                                                    scheduler="none", max_concurrent_trials=1, **recipe))
+    run_sweep(config, str(tmp_path / "run"))
+    rows = sorted(read_trials(tmp_path / "run"), key=lambda r: int(r["number"]))
+    # The first trial is the config's own recipe; the searcher picks what it leaves open.
+    first = rows[0]
+    assert (first["loss"], float(first["margin"]), float(first["learning_rate"]), first["per_device_train_batch_size"]) \
+        == ("TripletLoss", 0.4, 1e-3, "16"), first
+    assert first["distance"] != ""
+    # The seed repeats the trials: a searcher made again from the config proposes what the sweep ran.
+    again = _searcher(config, SearchSpace(config), RunDir.open(str(tmp_path / "again")))
+    proposed = []
+    for row in rows:
+        params = again.suggest(row["trial_id"])
+        again.on_trial_complete(row["trial_id"], {BEST_OBJECTIVE: float(row[OBJECTIVE])})
+        proposed.append((params["loss"], params["learning_rate"], params["per_device_train_batch_size"]))
+    ran = [(r["loss"], float(r["learning_rate"]), int(r["per_device_train_batch_size"])) for r in rows]
+    assert [(loss, pytest.approx(lr, rel=1e-3), batch) for loss, lr, batch in proposed] == ran
 
 
 @pytest.mark.parametrize("searcher", ["cmaes", "gp"])
