@@ -274,7 +274,6 @@ def _train_then_signal(cfg, out, signum, *, after: str, wait: float) -> tuple[in
     """`stune train` in its own process group; ``signum`` to the group (SIGINT: Ctrl-C as a terminal
     sends it; SIGTERM: as scancel or Kubernetes do) ``wait`` s after a stderr line starting with ``after``."""
     import os
-    import signal
     import subprocess
     import threading
     import time
