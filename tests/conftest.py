@@ -24,10 +24,10 @@ def scored_data(tmp_path_factory) -> dict[str, str]:
 
 # The slowest files first, so that with two xdist workers (--dist loadfile) no long file starts
 # last and runs alone (longest-processing-time-first scheduling).
-# Seconds of each on 2026-12-07 (two workers): 253, 241, 189, 132, 127, 84, 81, 74, 33, 32, 31, 29.
-SLOWEST_FIRST = ["test_sweep.py", "test_bench_smoke.py", "test_reliability.py", "test_cluster_sweep.py",
+# Seconds of each in a run on 2026-12-07 (two workers): 210, 203, 194, 147, 124, 88, 70, 62, 54, 47, 32.
+SLOWEST_FIRST = ["test_bench_smoke.py", "test_sweep.py", "test_reliability.py", "test_cluster_sweep.py",
                  "test_sweep_ends.py", "test_report.py", "test_train_cli.py", "test_cluster.py", "test_minilm.py",
-                 "test_bad_inputs.py", "test_mlflow.py", "test_progress.py"]
+                 "test_mlflow.py", "test_bad_inputs.py", "test_progress.py"]
 
 
 def pytest_collection_modifyitems(items):

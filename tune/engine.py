@@ -200,7 +200,6 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
     baseline.when_done(lambda scores: _publish_baseline(scores, run_dir, sweep_doc, config, on_event))
 
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
     from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
     from tune.faults import Interrupted, StopOnTrialError, graceful_ctrl_c
@@ -571,8 +570,9 @@ def _reattach(tuner, recorder) -> None:
     """After restore, this run's recorder (progress display, the run dir where it is now) takes
     the place of the pickled one; Ray calls its ``setup``, which reloads trials.csv and best.json,
     so the summary written after ``fit`` sees every trial, from before and after the restore.
-    ``CountTrialsThatExist`` counts its kept trials in the number Ray runs. ``KeepRunFilesCurrent`` stops Ray's restored copies of sweep.json and best.json
-    from being uploaded over what this run writes to them."""
+    ``CountTrialsThatExist`` counts its kept trials in the number Ray runs; ``KeepRunFilesCurrent``
+    stops Ray's restored copies of sweep.json and best.json from being uploaded over what this
+    run writes to them."""
     from ray.tune.search import SearchGenerator
 
     from tune.faults import CountTrialsThatExist

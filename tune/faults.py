@@ -69,6 +69,7 @@ class ResumableOptunaSearch(OptunaSearch):
       makes Ray count them too)."""
 
     mirror: "StudyMirror | None" = None  # none in searchers pickled before 2026-12-07 (their study is in SQLite)
+
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if self.mirror is not None and config is not None:
