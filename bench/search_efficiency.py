@@ -136,7 +136,7 @@ def main() -> None:
     budget = n_random * steps
     work = bench.work
     if quick:
-        model = common.tiny_model(work)
+        model = None  # made once the inputs are checked: it imports sentence-transformers (~5 s)
         data = common.tiny_data(work)
         data.pop("test", None)
         model_label = "tiny random BERT (tests/tiny.py)"
@@ -162,6 +162,8 @@ def main() -> None:
              "search_space": "stune default (every loss and its parameters, learning_rate, batch size, warmup_ratio)",
              "overrides": {k: v for k, v in base.items() if k not in ("data", "model")}}
     earlier = earlier_random_runs(args.random_from, setup) if args.random_from and "random" in args.strategies else []
+    if quick:
+        base["model"] = common.tiny_model(work)
     print(f"search efficiency: budget {budget} trial-steps (= {n_random} random trials x {steps} steps), {evals} evaluations "
           f"per trial, default search space (every loss), {model_label}, eval {n_eval} pairs, seeds {seeds}; "
           f"load {common.fmt_load(common.loadavg())}")
@@ -201,13 +203,19 @@ def main() -> None:
 
 def earlier_random_runs(path: str, setup: dict) -> list[dict]:
     """Random search's runs, one per seed of ``setup``, from an earlier result of this benchmark."""
-    with open(path) as fh:
-        before = json.load(fh)
+    try:
+        with open(path) as fh:
+            before = json.load(fh)
+        if before.get("benchmark") != "search_efficiency" or not isinstance(before.get("setup"), dict):
+            raise ValueError("no search_efficiency result")
+        before_runs = list(before["runs"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        sys.exit(f"--random-from: {path} is not a result of this benchmark ({exc}); give a search_efficiency*.json it wrote")
     for key in ("model", "budget_trial_steps", "steps_per_trial", "evaluations_per_trial", "eval_pairs"):
         if before["setup"].get(key) != setup[key]:
             sys.exit(f"--random-from: {path} was run with {key} {before['setup'].get(key)!r}, this run with "
                      f"{setup[key]!r}; leave --random-from out to run random search again")
-    by_seed = {r["seed"]: r for r in before["runs"] if r["strategy"] == "random"}
+    by_seed = {r["seed"]: r for r in before_runs if r.get("strategy") == "random"}
     missing = [seed for seed in setup["seeds"] if seed not in by_seed]
     if missing:
         sys.exit(f"--random-from: {path} has no random-search run for seed(s) {missing}; leave it out to run them")

@@ -71,6 +71,15 @@ def test_search_efficiency(tmp_path):
         last = proc.stderr.strip().splitlines()[-1]
         assert proc.returncode != 0 and last.startswith(f"--random-from: {first}") and message in last, (proc.returncode, last)
         assert not (tmp_path / "results" / "search_efficiency-quick.json").exists()
+    (tmp_path / "other.json").write_text(json.dumps({"benchmark": "overhead", "setup": {}}))  # another benchmark's result
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "search_efficiency.py"), "--quick", "--out", str(tmp_path / "results"),
+         "--work", str(tmp_path / "work"), "--random-from", str(tmp_path / "other.json")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        f"--random-from: {tmp_path / 'other.json'} is not a result of this benchmark (no search_efficiency result); "
+        "give a search_efficiency*.json it wrote"], proc.stderr[-2000:]
 
 
 def test_quality(tmp_path):
