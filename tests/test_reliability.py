@@ -865,6 +865,18 @@ def _learning_rate_space(trial):  # module level: Ray pickles the searcher with 
     return {"lr": trial.suggest_float("lr", 1e-5, 1e-3, log=True)}
 
 
+def _mirrored_searcher(tmp_path):
+    """The sweep's searcher over a small space, seeded, with its study copied to tmp_path/study.db."""
+    import optuna
+
+    from tune.faults import ResumableOptunaSearch
+    from tune.study import StudyMirror
+
+    made = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+    made.mirror = StudyMirror(str(tmp_path / "study.db"), "run")
+    return made
+
+
 def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(tmp_path):
     """The searcher's study lives in memory (study.db is its copy). After a killed driver, Ray
     restores the searcher as it was at its last save: trials that finished after that are in
@@ -872,27 +884,18 @@ def test_a_resumed_searcher_takes_back_trials_that_finished_after_its_last_save(
     saved random state proposed after the save (a configuration run twice)."""
     import optuna
 
-    from tune.faults import ResumableOptunaSearch
-    from tune.study import StudyMirror
-
-    def searcher():
-        made = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max",
-                                     sampler=optuna.samplers.RandomSampler(seed=0))
-        made.mirror = StudyMirror(str(tmp_path / "study.db"), "run")
-        return made
-
     def finish(searcher, trial_id, score):
         searcher.on_trial_result(trial_id, {"score": score, "training_iteration": 1})
         searcher.on_trial_complete(trial_id, {"score": score, "training_iteration": 1})
 
-    before = searcher()
+    before = _mirrored_searcher(tmp_path)
     before.suggest("a")
     finish(before, "a", 0.4)
     before.save(str(tmp_path / "searcher.pkl"))
     after_save = before.suggest("b")
     finish(before, "b", 0.6)  # then the driver is killed
 
-    resumed = searcher()
+    resumed = _mirrored_searcher(tmp_path)
     resumed.restore(str(tmp_path / "searcher.pkl"))
     assert sorted(t.value for t in resumed._ot_study.get_trials()) == [0.4, 0.6]
     assert resumed.suggest("c") != after_save
@@ -947,20 +950,13 @@ def test_study_db_shows_each_trial_while_it_runs(tmp_path):
     interruption but Ray ran on ends with its last score; one never resumed ends as failed."""
     import optuna
 
-    from tune.faults import ResumableOptunaSearch
     from tune.study import StudyMirror
-
-    def searcher():
-        made = ResumableOptunaSearch(_learning_rate_space, metric="score", mode="max",
-                                     sampler=optuna.samplers.RandomSampler(seed=0))
-        made.mirror = StudyMirror(str(tmp_path / "study.db"), "run")
-        return made
 
     def recorded():
         trials = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
         return {t.user_attrs["trial_id"]: (t.state.name, t.value, t.intermediate_values) for t in trials}
 
-    live = searcher()
+    live = _mirrored_searcher(tmp_path)
     config = live.suggest("a")
     assert recorded() == {"a": ("RUNNING", None, {})}
     [stored] = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
@@ -975,7 +971,7 @@ def test_study_db_shows_each_trial_while_it_runs(tmp_path):
     live.suggest("c")
     live.on_trial_result("b", {"score": 0.2, "training_iteration": 1})  # then the driver is killed
 
-    resumed = searcher()
+    resumed = _mirrored_searcher(tmp_path)
     resumed.restore(str(tmp_path / "searcher.pkl"))  # b and c were proposed after its save
     resumed.on_trial_result("b", {"score": 0.4, "training_iteration": 2})  # Ray resumed b, not c
     resumed.on_trial_complete("b", {"score": 0.4, "training_iteration": 2})

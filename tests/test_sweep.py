@@ -342,10 +342,17 @@ def test_a_trial_with_eval_steps_runs_all_its_steps_under_asha(tiny_model, score
     assert SweepConfig.model_validate({"max_steps": 2, "evaluations_per_trial": 5}).evaluations == 2
 
 
-def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
-    from tune.engine import BEST_OBJECTIVE, _searcher, run_sweep
+def searcher_of(config: SweepConfig, run_dir: Path):
+    """The searcher a sweep of ``config`` into ``run_dir`` makes (Ray's side left out)."""
+    from tune.engine import _searcher
     from tune.rundir import RunDir
     from tune.space import SearchSpace
+
+    return _searcher(config, SearchSpace(config), RunDir.open(str(run_dir)))
+
+
+def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_model, scored_data, tmp_path):
+    from tune.engine import BEST_OBJECTIVE, run_sweep
 
     recipe = {"loss": {"name": "TripletLoss", "margin": 0.4}, "learning_rate": 1e-3, "per_device_train_batch_size": 16}
     config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, trials=3, max_steps=2, seed=11,
@@ -358,7 +365,7 @@ def test_sweep_starts_from_the_configs_recipe_and_seed_repeats_the_trials(tiny_m
         == ("TripletLoss", 0.4, 1e-3, "16"), first
     assert first["distance"] != ""
     # The seed repeats the trials: a searcher made again from the config proposes what the sweep ran.
-    again = _searcher(config, SearchSpace(config), RunDir.open(str(tmp_path / "again")))
+    again = searcher_of(config, tmp_path / "again")
     proposed = []
     for row in rows:
         params = again.suggest(row["trial_id"])
@@ -377,12 +384,10 @@ def test_every_searcher_samples_the_conditional_space(searcher, tiny_model, scor
     Optuna's warning about that (three lines a trial) is not shown."""
     import math
 
-    from tune.engine import BEST_OBJECTIVE, _searcher
-    from tune.rundir import RunDir
-    from tune.space import SearchSpace
+    from tune.engine import BEST_OBJECTIVE
 
     config = parse_config(SweepConfig, sweep_config(tiny_model, scored_data, searcher=searcher, trials=6, startup_trials=2))
-    made = _searcher(config, SearchSpace(config), RunDir.open(str(tmp_path / "run")))
+    made = searcher_of(config, tmp_path / "run")
     proposed = []
     for number in range(6):
         params = made.suggest(f"t{number}")
