@@ -7,7 +7,10 @@ Used by the sweep engine before it builds the ``Tuner``::
     print(info.describe())
 
 * ``connect(None)`` starts Ray inside this process (``ray.init(address="local")``)
-  with every port on 127.0.0.1 (see :mod:`cluster.local` for how).
+  with every port on 127.0.0.1 (see :mod:`cluster.local` for how), its session
+  folder (logs, sockets, spilled objects: 17-33 MB a sweep) in a temporary folder of
+  its own that :func:`disconnect` removes (kept with ``keep_ray_logs`` or
+  ``STUNE_KEEP_RAY_LOGS=1``): Ray itself never removes a session's folder.
 * ``connect("auto")`` / ``connect("HOST:PORT")`` joins a running cluster as a
   driver. It checks first (TCP, gRPC, token; about a second) and raises
   :class:`ClusterError` naming ``--address`` instead of letting ``ray.init``
@@ -24,8 +27,10 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -36,8 +41,8 @@ from .local import LOOPBACK_VAR, WORKER_NICENESS, check_cluster, find_address
 from .probe import parse_address
 
 __all__ = [
-    "ClusterError", "ConnectionInfo", "connect", "disconnect", "ray_starts_shielded_from_ctrl_c", "stop_ray_and_its_agents",
-    "unfit_resources",
+    "ClusterError", "ConnectionInfo", "KEEP_RAY_LOGS_VAR", "connect", "disconnect", "ray_logs_path",
+    "ray_starts_shielded_from_ctrl_c", "stop_ray_and_its_agents", "unfit_resources",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,9 @@ _current: tuple[tuple, ConnectionInfo] | None = None
 # Values the variables we touch had before connect(); disconnect() puts them back.
 _saved_env: dict[str, str | None] | None = None
 _TOUCHED = (LOOPBACK_VAR, AUTH_MODE_VAR, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+# The temporary folder of the private local Ray this process started (its sessions live there).
+_private_ray_dir: str | None = None
+KEEP_RAY_LOGS_VAR = "STUNE_KEEP_RAY_LOGS"  # set (to anything but 0/false): a private Ray's logs are kept
 
 
 def _set_loopback_mode(on: bool | None) -> None:
@@ -150,7 +158,7 @@ def connect(
             listening, not a Ray cluster, token refused, Ray already
             initialised by someone else).
     """
-    global _current, _saved_env
+    global _current, _saved_env, _private_ray_dir
     import ray
 
     target = None if address in (None, "", "local") else find_address(address)
@@ -174,9 +182,14 @@ def connect(
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         for var, value in WORKER_NICENESS.items():
             os.environ.setdefault(var, value)
+        # Where Ray would put its own (RAY_TMPDIR, TMPDIR or /tmp), and short: its unix sockets live there.
+        from ray._common.utils import get_default_system_temp_dir
+
+        _private_ray_dir = tempfile.mkdtemp(prefix="stune-ray-", dir=get_default_system_temp_dir())
+        log.debug("the local Ray's logs: %s", ray_logs_path())
         ray.init(
             address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-            log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver),
+            log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver), _temp_dir=_private_ray_dir,
         )
         info = _info(None, local=True, loopback=True)
     else:
@@ -231,22 +244,51 @@ def unfit_resources(cpus: float, gpus: float) -> dict[str, tuple[float, float]]:
     return {kind: (asked, most) for kind, (asked, most) in both.items() if asked > most} or both  # or: no node has both
 
 
-def disconnect() -> None:
+def ray_logs_path() -> str | None:
+    """The logs folder of the private local Ray this process started, while it is kept."""
+    if _private_ray_dir is None:
+        return None
+    return os.path.join(_private_ray_dir, "session_latest", "logs")
+
+
+def _keep_ray_logs_asked() -> bool:
+    return os.environ.get(KEEP_RAY_LOGS_VAR, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _remove_private_ray_dir(keep: bool) -> str | None:
+    """After Ray stopped: remove the private Ray's folder, or return its logs' path if kept."""
+    global _private_ray_dir
+    if _private_ray_dir is None:
+        return None
+    kept = ray_logs_path() if keep or _keep_ray_logs_asked() else None
+    if kept is None:
+        # A worker that is still exiting may write one last line meanwhile: a second pass gets it.
+        for _ in range(2):
+            shutil.rmtree(_private_ray_dir, ignore_errors=True)
+    _private_ray_dir = None
+    return kept
+
+
+def disconnect(keep_ray_logs: bool = False) -> str | None:
     """Shut down this process's Ray connection (and the local Ray, if :func:`connect` started one).
 
-    Also restores the environment variables :func:`connect` changed.
+    Also restores the environment variables :func:`connect` changed, and removes a local Ray's
+    folder unless ``keep_ray_logs`` (or ``STUNE_KEEP_RAY_LOGS=1``). Returns the path of the logs
+    it kept, else None.
     """
     global _current, _saved_env
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    kept = _remove_private_ray_dir(keep_ray_logs)
     _current = None
     if _saved_env is not None:
         before = _saved_env.get(LOOPBACK_VAR)
         _set_loopback_mode(None if before is None else before.strip() in ("0", "false", "False"))
         _apply_env({k: v for k, v in _saved_env.items() if k != LOOPBACK_VAR})
         _saved_env = None
+    return kept
 
 
 @contextlib.contextmanager
@@ -273,10 +315,11 @@ def ray_starts_shielded_from_ctrl_c() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def stop_ray_and_its_agents() -> None:
+def stop_ray_and_its_agents(keep_ray_logs: bool = False) -> str | None:
     """``ray.shutdown`` (it stops the processes of a local Ray even when its start was cut short,
     which :func:`disconnect` skips), then end whatever the local raylet had started
-    and left running: stopped while its agents still start up, Ray leaves them behind, parentless."""
+    and left running: stopped while its agents still start up, Ray leaves them behind, parentless.
+    A local Ray's folder goes as with :func:`disconnect`; returns the path of the logs it kept."""
     import psutil
     import ray
 
@@ -297,3 +340,5 @@ def stop_ray_and_its_agents() -> None:
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
+    psutil.wait_procs(alive, timeout=5)
+    return _remove_private_ray_dir(keep_ray_logs)

@@ -231,7 +231,7 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 DRIVER = r"""
 import json, os, socket, sys, time
 import ray
-from cluster.connect import connect, disconnect
+from cluster.connect import connect, disconnect, ray_logs_path
 from cluster import ClusterError
 address = sys.argv[1] or None
 t = time.time()
@@ -252,9 +252,11 @@ me = psutil.Process()
 pids = [me.pid] + [c.pid for c in me.children(recursive=True)]
 import subprocess
 ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-disconnect()
+logs = ray_logs_path()
+kept = disconnect()
 import ray._private.ray_constants as rc
 print(json.dumps({"describe": info.describe(), "loopback": info.loopback_only, "nodes": info.nodes,
                   "ips": ips, "task_niceness": niceness, "driver_niceness": os.nice(0), "pids": pids, "ss": ss, "seconds": time.time() - t,
+                  "logs": logs, "kept_logs": kept,
                   "env_restored": "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ and rc.ENABLE_RAY_CLUSTER}))
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -45,9 +46,15 @@ def shared_cli_sweep(tmp_path_factory, model: str, data: dict):
             shutil.copy(path, root / "my data" / f"{split}.csv")
         write_config(root / "sweep.yaml", {k: v for k, v in sweep_config(model, data).items() if k not in ("model", "data")})
         run_dir = root / "my run"
-        proc = run_stune("sweep", "sweep.yaml", "--data", "my data", "--model", os.path.relpath(model, root), "--out", "my run",
-                         cwd=root, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        ray_tmp = Path(tempfile.mkdtemp(prefix="ssw-", dir="/tmp"))  # short: Ray's sockets live there
+        try:
+            proc = run_stune("sweep", "sweep.yaml", "--data", "my data", "--model", os.path.relpath(model, root), "--out", "my run",
+                             cwd=root, timeout=900, env={"RAY_TMPDIR": str(ray_tmp)})
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            # the sweep's private Ray took its session folder (logs, sockets) with it
+            assert not any(ray_tmp.iterdir()), sorted(p.name for p in ray_tmp.iterdir())
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
         _runs[key] = (run_dir, proc)
     return _runs[key]
 

@@ -280,7 +280,8 @@ def run_case(name: str, case: Case, root: Path) -> str | None:
     try:
         before = snapshot(case_dir)
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-        env.update(HF_HUB_OFFLINE="1", RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0", COLUMNS="200")
+        # STUNE_KEEP_RAY_LOGS: a Ray started by mistake leaves its folder, for the check below
+        env.update(HF_HUB_OFFLINE="1", RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0", COLUMNS="200", STUNE_KEEP_RAY_LOGS="1")
         proc = subprocess.run([STUNE, *fill(case.args, case_dir)], capture_output=True, text=True, cwd=case_dir, env=env,
                               timeout=120, stdin=subprocess.DEVNULL)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

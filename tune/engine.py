@@ -165,8 +165,8 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
     try:
         with ray_starts_shielded_from_ctrl_c():
             connection = connect(address, log_to_driver=verbose)
-    except BaseException:  # e.g. Ctrl-C while Ray starts: stop what it started so far
-        stop_ray_and_its_agents()
+    except BaseException as e:  # e.g. Ctrl-C while Ray starts: stop what it started so far
+        _say_where_ray_logs_are(stop_ray_and_its_agents(keep_ray_logs=_unexpected(e)))
         raise
     log.info("trials run on %s", connection.describe())
     from trainers.evaluation import selection_warnings
@@ -183,7 +183,7 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         asked = "; ".join(f"{kind.lower()}s_per_trial: {want:g}, but {'this machine' if connection.local else 'the largest node'} "
                           f"has {have:g} {kind}" for kind, (want, have) in short.items())
         if connection.local:  # this machine is all a private Ray will ever have: trials would wait forever
-            disconnect()
+            _say_where_ray_logs_are(disconnect())
             hint = " (left out, gpus_per_trial is 1 on GPU machines, else 0)" if "GPU" in short else ""
             raise SweepError(f"{asked}: lower it in the sweep config{hint}, or pass --address of a cluster that has them")
         log.warning("%s: trials wait until such a node joins the cluster (an autoscaler's, or `stune cluster join`)", asked)
@@ -306,7 +306,8 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
                    if row.get("status") == "running" and row.get(OBJECTIVE) not in (None, "")}
             StudyMirror(study_path, study_name(run_dir)).end_running(cut)
     finally:
-        disconnect()
+        failure = sys.exc_info()[1]  # on its way out of tuner.fit() or the lines after it
+        _say_where_ray_logs_are(disconnect(keep_ray_logs=failure is not None and _unexpected(failure)))
         upload_study(force=True)
     # The wall time of a resumed sweep counts its earlier runs (Ray's time budget does too).
     sweep_doc["elapsed_seconds"] = round(float(sweep_doc.get("elapsed_seconds") or 0.0) + time.time() - started, 1)
@@ -453,6 +454,18 @@ def _warm_start(uri: str, config: SweepConfig) -> list:
         f" ({skipped} outside this search space left out)" if skipped else "",
     )
     return trials
+
+
+def _unexpected(error: BaseException) -> bool:
+    """An error worth Ray's logs: not Ctrl-C, not one of stune's one-line errors."""
+    from cluster.errors import ClusterError
+
+    return not isinstance(error, (KeyboardInterrupt, StuneError, ClusterError))
+
+
+def _say_where_ray_logs_are(path: str | None) -> None:
+    if path:
+        log.warning("the local Ray's logs are kept in %s", path)
 
 
 def _remove_partial_saves(path: str) -> None:
