@@ -175,6 +175,40 @@ def test_storage_helpers_s3(moto_s3, tmp_path):
     _storage_roundtrip(moto_s3, tmp_path)
 
 
+def test_a_run_dir_in_s3_is_leased_to_one_sweep_and_a_killed_sweeps_lease_lapses(moto_s3, monkeypatch):
+    from tune import rundir
+    from tune.rundir import RUNNING, RunDir, SweepRunning
+
+    monkeypatch.setattr(rundir, "LEASE_REFRESH_S", 0.5)
+    run_dir = RunDir.open(f"{moto_s3}/leased")
+    first = SweepRunning(run_dir)
+    first.take()
+    try:
+        holder = SweepRunning(run_dir).holder()
+        assert holder and f"pid {os.getpid()} on " in holder and "lapses 45 s" in holder, holder
+        with pytest.raises(RuntimeError, match=f"pid {os.getpid()} on "):
+            SweepRunning(run_dir).take()
+        renewed = run_dir.read_json(RUNNING)["renewed"]
+        time.sleep(2)
+        assert run_dir.read_json(RUNNING)["renewed"] > renewed, "a running sweep renews its lease"
+    finally:
+        first.release()
+    assert not run_dir.exists(RUNNING) and SweepRunning(run_dir).holder() is None
+    # A sweep killed without releasing it: its lease is in force until it lapses, then taken over.
+    gone = {"holder": "pid 1 on a-lost-node", "token": "gone"}
+    run_dir.write_json(RUNNING, {**gone, "renewed": time.time() - 10})
+    assert "a-lost-node, last seen 10 s ago" in SweepRunning(run_dir).holder()
+    run_dir.write_json(RUNNING, {**gone, "renewed": time.time() - rundir.LEASE_LAPSES_S - 1})
+    assert SweepRunning(run_dir).holder() is None
+    taker = SweepRunning(run_dir)
+    taker.take()
+    try:
+        assert run_dir.read_json(RUNNING)["token"] not in (None, "gone")
+    finally:
+        taker.release()
+    assert not run_dir.exists(RUNNING)
+
+
 # --------------------------------------------------------------------------- fast errors
 
 

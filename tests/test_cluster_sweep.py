@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli import STUNE
+from cli import STUNE, assert_user_error
 from cluster_helpers import Sandbox, free_port, start_moto_s3
 from tune.trainable import OBJECTIVE
 
@@ -142,6 +142,12 @@ def test_sweep_into_s3_interrupt_resume_and_export_from_it(s3, tiny_model, score
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 300
+        while first.poll() is None and time.time() < deadline and _read(fs, f"{run_key}/.stune-running") is None:
+            time.sleep(0.2)
+        # A bucket has no locks: the running sweep's lease keeps a second one (here one that would
+        # empty the run dir) out.
+        forced = stune("sweep", str(cfg), "--storage", storage, "--out", "run", "--force", env=env, cwd=tmp_path)
+        assert_user_error(forced, "a sweep is running there", f"pid {first.pid} on ")
         while first.poll() is None and time.time() < deadline:
             text = _read(fs, f"{run_key}/trials.csv")
             if text and any(r["status"] == "completed" for r in rows_of(text)):
@@ -158,6 +164,7 @@ def test_sweep_into_s3_interrupt_resume_and_export_from_it(s3, tiny_model, score
     hint = [line for line in stderr.splitlines() if line.strip()][-1]
     assert hint.endswith(f"stune sweep --resume --out run --storage {storage}"), hint
     assert _read(fs, f"{run_key}/summary.json") is None, "an interrupted sweep has no summary"
+    assert _read(fs, f"{run_key}/.stune-running") is None, "a sweep that ended gives its lease up"
     kept = {r["trial_id"]: r for r in rows_of(_read(fs, f"{run_key}/trials.csv")) if r["status"] == "completed"}
     assert kept
     assert not (tmp_path / "run").exists(), "with --storage nothing of the run is written locally"

@@ -15,6 +15,8 @@ import json
 import os
 import posixpath
 import shutil
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -293,20 +295,41 @@ class RunDir:
         return local
 
 
-RUNNING = ".stune-running"  # held (flock) by the process whose sweep runs in this run dir
+RUNNING = ".stune-running"  # local: held (flock) by the sweep's process; remote: that sweep's lease
+LEASE_REFRESH_S = 15.0  # how often a sweep in a remote run dir renews its lease
+LEASE_LAPSES_S = 45.0  # a lease not renewed for this long belongs to a sweep that is gone
 
 
 class SweepRunning:
-    """Which process runs a sweep in a local run dir, so a second ``--resume`` or ``--force`` there
-    is refused instead of two sweeps writing one run dir. An OS lock on a file: it goes with the
-    process, so a crashed sweep leaves nothing to clean up. Remote run dirs (S3...) are not locked."""
+    """Which process runs a sweep in a run dir, so that a second sweep, ``--resume`` or ``--force``
+    there is refused instead of two sweeps writing one run dir.
+
+    Local run dirs: an OS lock on a file. It goes with the process, so a crashed sweep leaves
+    nothing to clean up. Remote run dirs (S3...), which have no locks: a lease, a small file the
+    sweep rewrites every ``LEASE_REFRESH_S`` seconds; one not renewed for ``LEASE_LAPSES_S``
+    seconds (its sweep was killed) is taken over. Object stores have no "create if absent"
+    through pyarrow, so two sweeps started within the same second could both write a lease:
+    each reads it back a moment later and the one whose lease was overwritten gives way."""
 
     def __init__(self, run_dir: RunDir):
+        self.run_dir = run_dir
         self.path = os.path.join(run_dir.path, RUNNING) if run_dir.is_local else None
         self.file = None
+        self._token: str | None = None
+        self._renewing: threading.Event | None = None
+        self._renewer: threading.Thread | None = None
 
     def holder(self) -> str | None:
         """Who runs a sweep here now ("pid 123 on host, since ..."), or None."""
+        if not self.run_dir.is_local:
+            lease = self._read_lease()
+            if lease is None:
+                return None
+            age = time.time() - float(lease.get("renewed", 0))
+            if age > LEASE_LAPSES_S:
+                return None
+            return (f"{lease.get('holder') or 'another process'}, last seen {max(age, 0):.0f} s ago; "
+                    f"a killed sweep's claim lapses {LEASE_LAPSES_S:.0f} s after that")
         import fcntl
 
         if self.path is None or not os.path.isfile(self.path):
@@ -320,12 +343,12 @@ class SweepRunning:
         return None
 
     def take(self) -> None:
-        import fcntl
-        import socket
-        import time
-
-        if self.path is None:
+        """Claim the run dir; RuntimeError(who holds it) if a sweep runs there."""
+        if not self.run_dir.is_local:
+            self._take_lease()
             return
+        import fcntl
+
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.file = open(self.path, "a+")
         try:
@@ -338,12 +361,63 @@ class SweepRunning:
             raise RuntimeError(holder) from None
         self.file.seek(0)
         self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.file.write(_who_and_since())
         self.file.flush()
 
     def release(self) -> None:
+        if self._renewing is not None:
+            self._renewing.set()
+            self._renewer.join(timeout=30)
+            with contextlib.suppress(Exception):  # a lease left behind lapses on its own
+                if (self._read_lease() or {}).get("token") == self._token:
+                    self.run_dir.fs.delete_file(self.run_dir.join(RUNNING))
+            self._renewing = self._renewer = self._token = None
         if self.file is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             self.file.close()  # closing drops the lock
             self.file = None
+
+    def _read_lease(self) -> dict | None:
+        try:
+            lease = self.run_dir.read_json(RUNNING)
+        except (FileNotFoundError, ValueError):  # none, or not one of ours: nobody holds the run dir
+            return None
+        return lease if isinstance(lease, dict) else None
+
+    def _write_lease(self, holder: str) -> None:
+        self.run_dir.write_json(RUNNING, {"holder": holder, "token": self._token, "renewed": time.time()})
+
+    def _take_lease(self) -> None:
+        if holder := self.holder():
+            raise RuntimeError(holder)
+        self._token = uuid.uuid4().hex
+        holder = _who_and_since()
+        self._write_lease(holder)
+        time.sleep(1.0)  # a sweep that read no lease when this one did has written its own by now
+        if (self._read_lease() or {}).get("token") != self._token:
+            self._token = None
+            raise RuntimeError(self.holder() or "another sweep, started at the same moment")
+        self._renewing = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, args=(holder,), name="stune-lease", daemon=True)
+        self._renewer.start()
+
+    def _renew(self, holder: str) -> None:
+        import logging
+
+        while not self._renewing.wait(LEASE_REFRESH_S):
+            try:
+                if (self._read_lease() or {}).get("token") not in (self._token, None):
+                    logging.getLogger("stune.sweep").error(
+                        "%s: another sweep took this run dir over (this one could not renew its lease for %.0f s)",
+                        self.run_dir.uri, LEASE_LAPSES_S)
+                    return
+                self._write_lease(holder)
+            except Exception:  # noqa: BLE001 - a network blip: the next renewal may get through
+                logging.getLogger("stune.sweep").debug("could not renew the lease on %s", self.run_dir.uri, exc_info=True)
+
+
+def _who_and_since() -> str:
+    import socket
+
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
