@@ -182,10 +182,7 @@ def connect(
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         for var, value in WORKER_NICENESS.items():
             os.environ.setdefault(var, value)
-        # Where Ray would put its own (RAY_TMPDIR, TMPDIR or /tmp), and short: its unix sockets live there.
-        from ray._common.utils import get_default_system_temp_dir
-
-        _private_ray_dir = tempfile.mkdtemp(prefix="stune-ray-", dir=get_default_system_temp_dir())
+        _private_ray_dir = tempfile.mkdtemp(prefix="stune-ray-", dir=_ray_system_temp_dir())
         log.debug("the local Ray's logs: %s", ray_logs_path())
         ray.init(
             address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
@@ -242,6 +239,16 @@ def unfit_resources(cpus: float, gpus: float) -> dict[str, tuple[float, float]]:
         return {}
     both = {kind: (asked, max((r.get(kind, 0) for r in nodes), default=0)) for kind, asked in (("CPU", cpus), ("GPU", gpus))}
     return {kind: (asked, most) for kind, (asked, most) in both.items() if asked > most} or both  # or: no node has both
+
+
+def _ray_system_temp_dir() -> str:
+    """Where Ray would put its own folder (RAY_TMPDIR, TMPDIR or /tmp): short, as its unix sockets live there."""
+    try:
+        from ray._common.utils import get_default_system_temp_dir  # private: Ray's own rule, while it is there
+
+        return get_default_system_temp_dir()
+    except ImportError:
+        return os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
 
 
 def ray_logs_path() -> str | None:
