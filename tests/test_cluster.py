@@ -96,6 +96,9 @@ def test_kuberay_config():
     assert job["spec"]["clusterSelector"]["ray.io/cluster"] == rc["metadata"]["name"]
     entry = job["spec"]["entrypoint"]
     assert entry.startswith("stune sweep") and "--address auto" in entry and "--storage s3://" in entry
+    # the run dir is named, and the header says how to resume that same run dir
+    out, storage = entry.split("--out ")[1].split()[0], entry.split("--storage ")[1].split()[0]
+    assert f"stune sweep --resume --out {out} --address auto --storage {storage}" in text
     # Both groups run the image cluster/Dockerfile builds: the same Ray, plus stune's wheel and pins.
     images = {rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"], container["image"]}
     assert images == {"MY-REGISTRY/stune:0.1.0"} and "runtimeEnvYAML" not in job["spec"]
