@@ -500,6 +500,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp
     assert_user_error(run_stune("sweep", cfg, "--dry-run", "--warm-start-from", tmp_path / "run", "--out", tmp_path / "run", "--force"),
                       "--out", "holds --warm-start-from")
     assert_user_error(run_stune("sweep", cfg, "--dry-run", "--model", tmp_path / "nope"), "model", "not a local folder")
+    # a sweep killed before it wrote anything leaves its (released) lock: the run dir is free, not "in use"
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / ".stune-running").write_text("pid 1 on gone, since 2026-01-01 00:00:00")
+    proc = run_stune("sweep", cfg, "--dry-run", "--out", tmp_path / "killed", timeout=60)
+    assert proc.returncode == 0 and "exists" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert_user_error(run_stune("sweep", cfg, "--dry-run", "--resume", "--out", tmp_path / "run"), "--dry-run", "--resume")
 
 

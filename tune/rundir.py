@@ -27,6 +27,7 @@ SUMMARY = "summary.json"
 TRIALS = "trials.csv"
 BEST = "best"
 SWEEP = "sweep.json"
+RUNNING = ".stune-running"  # local: held (flock) by the sweep's process; remote: that sweep's lease
 RAY_STATE_PREFIX = "experiment_state"
 # A trial's status in trials.csv: the first four are final, the last two are not (yet).
 DONE = ("completed", "stopped_early", "out_of_time", "errored")
@@ -186,9 +187,12 @@ class RunDir:
         return self.fs.get_file_info(self.join(*parts)).type != pafs.FileType.NotFound
 
     def is_empty(self) -> bool:
+        """Nothing in it but, at most, the lock or lease a sweep killed before it wrote anything left
+        behind (one that a sweep holds now still refuses a second sweep: ``SweepRunning.take``)."""
         if not self.exists():
             return True
-        return not self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        entries = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
+        return all(entry.base_name == RUNNING for entry in entries)
 
     def has_sweep(self) -> bool:
         return self.exists(SWEEP) and any(
@@ -295,7 +299,6 @@ class RunDir:
         return local
 
 
-RUNNING = ".stune-running"  # local: held (flock) by the sweep's process; remote: that sweep's lease
 LEASE_REFRESH_S = 15.0  # how often a sweep in a remote run dir renews its lease
 LEASE_LAPSES_S = 45.0  # a lease not renewed for this long belongs to a sweep that is gone
 
