@@ -527,7 +527,7 @@ def test_eval_and_test_pairs_training_has_seen_are_warned_of(tiny_model, scored_
 def test_resume_and_export_need_a_real_sweep(tiny_model, scored_data, tmp_path):
     (tmp_path / "notasweep").mkdir()
     (tmp_path / "notasweep" / "file.txt").write_text("mine")
-    assert_user_error(run_stune("sweep", "--resume", "--out", tmp_path / "notasweep"), "--resume", "no stune sweep")
+    assert_user_error(run_stune("sweep", "--resume", "--out", tmp_path / "notasweep"), "--resume", "not a stune sweep")
     assert (tmp_path / "notasweep" / "file.txt").read_text() == "mine"
     assert_user_error(run_stune("sweep", "--out", tmp_path / "notasweep"), "already exists", "--resume")
     # A sweep whose trials never reached an evaluation: nothing to export.

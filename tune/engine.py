@@ -71,7 +71,10 @@ def check_run_dir(out: str, *, storage: str | None, resume: bool, force: bool, i
         raise _running_there(out, holder, "--resume" if resume else "--force")
     if resume:
         if not run_dir.has_sweep():
-            raise SweepError(f"--resume: {out} holds no stune sweep; pass the RUN_DIR of an earlier 'stune sweep'")
+            if run_dir.exists(SWEEP):
+                raise SweepError(f"--resume: {out} holds no saved sweep state (it was stopped before its first trial "
+                                 f"started): start that sweep again with --force")
+            raise SweepError(f"--resume: {out} {run_dir.why_not_a_sweep()}; pass the RUN_DIR of an earlier 'stune sweep'")
     elif not force and not run_dir.is_empty():
         raise SweepError(f"--out {out} already exists; use --resume to continue it, or --force to start over there")
     return run_dir

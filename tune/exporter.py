@@ -27,7 +27,7 @@ def load_run(uri: str) -> tuple[RunDir, SweepConfig, dict[str, Any], dict[str, A
     """(run dir, its config, sweep.json, best.json); errors say what is missing."""
     run_dir = RunDir.open(uri)
     if not run_dir.exists(SWEEP):
-        raise ExportError(f"{uri} is not a stune sweep (no {SWEEP}); pass the RUN_DIR a 'stune sweep' wrote")
+        raise ExportError(f"{uri} {run_dir.why_not_a_sweep()}; pass the RUN_DIR a 'stune sweep' wrote")
     sweep = run_dir.read_json(SWEEP)
     if not run_dir.exists(BEST_JSON) or not run_dir.exists(BEST):
         if run_dir.exists(SUMMARY):  # the sweep is over: nothing will come

@@ -122,7 +122,7 @@ class RunData:
 def load(uri: str) -> RunData:
     run_dir = RunDir.open(uri)
     if not run_dir.exists(SWEEP):
-        raise ReportError(f"{uri} is not a stune sweep (no {SWEEP}); pass the RUN_DIR of a 'stune sweep'")
+        raise ReportError(f"{uri} {run_dir.why_not_a_sweep()}; pass the RUN_DIR of a 'stune sweep'")
     sweep = run_dir.read_json(SWEEP)
     summary = _read_json(run_dir, SUMMARY)
     trials = [_typed(row) for row in run_dir.read_csv(TRIALS)] if run_dir.exists(TRIALS) else []

@@ -194,6 +194,15 @@ class RunDir:
         entries = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
         return all(entry.base_name == RUNNING for entry in entries)
 
+    def why_not_a_sweep(self) -> str:
+        """What this folder is instead of a sweep's run dir, for an error line "URI <this>"."""
+        if not self.exists():
+            return "does not exist"
+        if self.exists("metrics.json") and self.exists("model"):  # what `stune train --out` writes
+            return (f"is the output of 'stune train', not of a sweep: its model is ready to load from "
+                    f"{posixpath.join(self.uri.rstrip('/'), 'model')}")
+        return f"is not a stune sweep (no {SWEEP})"
+
     def has_sweep(self) -> bool:
         return self.exists(SWEEP) and any(
             info.base_name.startswith(RAY_STATE_PREFIX)

@@ -283,7 +283,7 @@ def warm_start_trials(uri: str, space, config) -> tuple[list[optuna.trial.Frozen
     for ``study.add_trials``; and how many were left out because they fall outside it."""
     other = RunDir.open(uri)
     if not other.exists(STUDY_DB):
-        why = "is not a stune sweep" if not other.exists(SWEEP) else f"has no {STUDY_DB} (it predates study recording)"
+        why = other.why_not_a_sweep() if not other.exists(SWEEP) else f"has no {STUDY_DB} (it predates study recording)"
         raise StudyError(f"--warm-start-from {uri} {why}; pass the RUN_DIR of an earlier 'stune sweep'")
     _warn_if_different(other, config)
     with local_copy(other) as path:
