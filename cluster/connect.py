@@ -7,10 +7,10 @@ Used by the sweep engine before it builds the ``Tuner``::
     print(info.describe())
 
 * ``connect(None)`` starts Ray inside this process (``ray.init(address="local")``)
-  with every port on 127.0.0.1 (see :mod:`cluster.local` for how), its session
-  folder (logs, sockets, spilled objects: 17-33 MB a sweep) in a temporary folder of
-  its own that :func:`disconnect` removes (kept with ``keep_ray_logs`` or
-  ``STUNE_KEEP_RAY_LOGS=1``): Ray itself never removes a session's folder.
+  with every port on 127.0.0.1 (see :mod:`cluster.local` for how). Ray never removes
+  a session's folder (logs, sockets, spilled objects: 17-33 MB a sweep, under
+  ``$RAY_TMPDIR/ray``): :func:`disconnect` removes this one's (kept with
+  ``keep_ray_logs`` or ``STUNE_KEEP_RAY_LOGS=1``).
 * ``connect("auto")`` / ``connect("HOST:PORT")`` joins a running cluster as a
   driver. It checks first (TCP, gRPC, token; about a second) and raises
   :class:`ClusterError` naming ``--address`` instead of letting ``ray.init``
@@ -30,7 +30,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -72,8 +71,9 @@ _current: tuple[tuple, ConnectionInfo] | None = None
 # Values the variables we touch had before connect(); disconnect() puts them back.
 _saved_env: dict[str, str | None] | None = None
 _TOUCHED = (LOOPBACK_VAR, AUTH_MODE_VAR, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-# The temporary folder of the private local Ray this process started (its sessions live there).
-_private_ray_dir: str | None = None
+# The session folder of the private local Ray this process started (None: none, or kept).
+_private_session_dir: str | None = None
+_starting_local_ray = False  # ray.init(address="local") under way: a failed start leaves a session folder too
 KEEP_RAY_LOGS_VAR = "STUNE_KEEP_RAY_LOGS"  # set (to anything but 0/false): a private Ray's logs are kept
 
 
@@ -158,7 +158,7 @@ def connect(
             listening, not a Ray cluster, token refused, Ray already
             initialised by someone else).
     """
-    global _current, _saved_env, _private_ray_dir
+    global _current, _saved_env, _private_session_dir, _starting_local_ray
     import ray
 
     target = None if address in (None, "", "local") else find_address(address)
@@ -173,6 +173,8 @@ def connect(
         disconnect()
 
     _saved_env = {k: os.environ.get(k) for k in _TOUCHED}
+    # Only a Ray this call starts has a session folder of its own: a cluster's is never removed.
+    _starting_local_ray = target is None
     if target is None:
         _set_loopback_mode(True)
         # Workers Ray starts ahead of time go unused by a sweep (Ray Tune's trial actors carry a
@@ -182,12 +184,12 @@ def connect(
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         for var, value in WORKER_NICENESS.items():
             os.environ.setdefault(var, value)
-        _private_ray_dir = tempfile.mkdtemp(prefix="stune-ray-", dir=_ray_system_temp_dir())
-        log.debug("the local Ray's logs: %s", ray_logs_path())
         ray.init(
             address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-            log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver), _temp_dir=_private_ray_dir,
+            log_to_driver=log_to_driver, logging_level=_ray_logging_level(log_to_driver),
         )
+        _private_session_dir, _starting_local_ray = _ray_session_dir(), False
+        log.debug("the local Ray's logs: %s", ray_logs_path())
         info = _info(None, local=True, loopback=True)
     else:
         if num_cpus is not None or num_gpus is not None:
@@ -241,38 +243,38 @@ def unfit_resources(cpus: float, gpus: float) -> dict[str, tuple[float, float]]:
     return {kind: (asked, most) for kind, (asked, most) in both.items() if asked > most} or both  # or: no node has both
 
 
-def _ray_system_temp_dir() -> str:
-    """Where Ray would put its own folder (RAY_TMPDIR, TMPDIR or /tmp): short, as its unix sockets live there."""
+def _ray_session_dir() -> str | None:
+    """The session folder of the Ray node this process started or joined (Ray's private API, so
+    None if it moves: the folder is then left, as Ray leaves it)."""
     try:
-        from ray._common.utils import get_default_system_temp_dir  # private: Ray's own rule, while it is there
+        from ray._private import worker
 
-        return get_default_system_temp_dir()
-    except ImportError:
-        return os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        node = worker._global_node
+        return node.get_session_dir_path() if node is not None else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def ray_logs_path() -> str | None:
-    """The logs folder of the private local Ray this process started, while it is kept."""
-    if _private_ray_dir is None:
-        return None
-    return os.path.join(_private_ray_dir, "session_latest", "logs")
+    """The logs folder of the private local Ray this process started, while it is there."""
+    return os.path.join(_private_session_dir, "logs") if _private_session_dir else None
 
 
 def _keep_ray_logs_asked() -> bool:
     return os.environ.get(KEEP_RAY_LOGS_VAR, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _remove_private_ray_dir(keep: bool) -> str | None:
-    """After Ray stopped: remove the private Ray's folder, or return its logs' path if kept."""
-    global _private_ray_dir
-    if _private_ray_dir is None:
+def _remove_private_session_dir(keep: bool) -> str | None:
+    """After Ray stopped: remove the private Ray's session folder, or return its logs' path if kept."""
+    global _private_session_dir
+    if _private_session_dir is None:
         return None
     kept = ray_logs_path() if keep or _keep_ray_logs_asked() else None
     if kept is None:
         # A worker that is still exiting may write one last line meanwhile: a second pass gets it.
         for _ in range(2):
-            shutil.rmtree(_private_ray_dir, ignore_errors=True)
-    _private_ray_dir = None
+            shutil.rmtree(_private_session_dir, ignore_errors=True)
+    _private_session_dir = None
     return kept
 
 
@@ -288,7 +290,7 @@ def disconnect(keep_ray_logs: bool = False) -> str | None:
 
     if ray.is_initialized():
         ray.shutdown()
-    kept = _remove_private_ray_dir(keep_ray_logs)
+    kept = _remove_private_session_dir(keep_ray_logs)
     _current = None
     if _saved_env is not None:
         before = _saved_env.get(LOOPBACK_VAR)
@@ -327,9 +329,12 @@ def stop_ray_and_its_agents(keep_ray_logs: bool = False) -> str | None:
     which :func:`disconnect` skips), then end whatever the local raylet had started
     and left running: stopped while its agents still start up, Ray leaves them behind, parentless.
     A local Ray's folder goes as with :func:`disconnect`; returns the path of the logs it kept."""
+    global _private_session_dir, _starting_local_ray
     import psutil
     import ray
 
+    if _starting_local_ray:  # connect() was starting a private Ray: its session folder is ours to remove
+        _private_session_dir, _starting_local_ray = _ray_session_dir(), False
     started: list = []
     try:  # Ray's own record of the processes it started here (private; best effort)
         from ray._private import ray_constants, worker
@@ -348,4 +353,4 @@ def stop_ray_and_its_agents(keep_ray_logs: bool = False) -> str | None:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(alive, timeout=5)
-    return _remove_private_ray_dir(keep_ray_logs)
+    return _remove_private_session_dir(keep_ray_logs)

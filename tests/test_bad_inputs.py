@@ -287,8 +287,7 @@ def run_case(name: str, case: Case, root: Path) -> str | None:
     try:
         before = snapshot(case_dir)
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-        # STUNE_KEEP_RAY_LOGS: a Ray started by mistake leaves its folder, for the check below
-        env.update(HF_HUB_OFFLINE="1", RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0", COLUMNS="200", STUNE_KEEP_RAY_LOGS="1")
+        env.update(HF_HUB_OFFLINE="1", RAY_TMPDIR=str(ray_tmp), RAY_USAGE_STATS_ENABLED="0", COLUMNS="200")
         proc = subprocess.run([STUNE, *fill(case.args, case_dir)], capture_output=True, text=True, cwd=case_dir, env=env,
                               timeout=120, stdin=subprocess.DEVNULL)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -303,7 +302,7 @@ def run_case(name: str, case: Case, root: Path) -> str | None:
             missing = [f for f in fill(case.expect, case_dir) if f not in lines[0]]
             if missing:
                 problems.append(f"{lines[0]!r} lacks {missing}")
-        if any(ray_tmp.iterdir()):
+        if any(ray_tmp.iterdir()):  # a Ray that started leaves RAY_TMPDIR/ray (its session folder goes)
             problems.append(f"Ray started: {sorted(p.name for p in ray_tmp.iterdir())}")
         after = snapshot(case_dir)
         if after != before:

@@ -386,8 +386,8 @@ def test_connect_local_is_loopback_only(sandbox):
     assert all(is_loopback_listener(local) for local in own), own
     # Ray never removes a session's folder (17-33 MB of logs and sockets a sweep): a private Ray's goes with it,
     # from where Ray would have put it (RAY_TMPDIR) ...
-    assert res["logs"] and res["logs"].startswith(str(sandbox.raytmp)) and res["kept_logs"] is None, res
-    assert not any(sandbox.raytmp.iterdir()), sorted(p.name for p in sandbox.raytmp.iterdir())
+    assert res["logs"] and res["logs"].startswith(str(sandbox.raytmp / "ray" / "session_2")) and res["kept_logs"] is None, res
+    assert not list(sandbox.raytmp.glob("ray/session_2*")), sorted(p.name for p in (sandbox.raytmp / "ray").iterdir())
     # ... unless its logs are asked for
     res = _driver(sandbox, None, env={**sandbox.env, "STUNE_KEEP_RAY_LOGS": "1"})
     assert res["kept_logs"] == res["logs"] and (Path(res["logs"]) / "raylet.out").is_file(), res
