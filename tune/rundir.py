@@ -337,7 +337,10 @@ class SweepRunning:
             lease = self._read_lease()
             if lease is None:
                 return None
-            age = time.time() - float(lease.get("renewed", 0))
+            try:
+                age = time.time() - float(lease.get("renewed", 0))
+            except (TypeError, ValueError):  # not a lease stune wrote: nobody holds the run dir
+                return None
             if age > LEASE_LAPSES_S:
                 return None
             return (f"{lease.get('holder') or 'another process'}, last seen {max(age, 0):.0f} s ago; "
