@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import posixpath
 import shutil
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
+
+log = logging.getLogger("stune.sweep")
 
 SUMMARY = "summary.json"
 TRIALS = "trials.csv"
@@ -347,7 +350,7 @@ class SweepRunning:
                     f"a killed sweep's claim lapses {LEASE_LAPSES_S:.0f} s after that")
         import fcntl
 
-        if self.path is None or not os.path.isfile(self.path):
+        if not os.path.isfile(self.path):
             return None
         with open(self.path) as probe:
             try:
@@ -418,18 +421,16 @@ class SweepRunning:
         self._renewer.start()
 
     def _renew(self, holder: str) -> None:
-        import logging
-
         while not self._renewing.wait(LEASE_REFRESH_S):
             try:
                 if (self._read_lease() or {}).get("token") not in (self._token, None):
-                    logging.getLogger("stune.sweep").error(
+                    log.error(
                         "%s: another sweep took this run dir over (this one could not renew its lease for %.0f s)",
                         self.run_dir.uri, LEASE_LAPSES_S)
                     return
                 self._write_lease(holder)
             except Exception:  # noqa: BLE001 - a network blip: the next renewal may get through
-                logging.getLogger("stune.sweep").debug("could not renew the lease on %s", self.run_dir.uri, exc_info=True)
+                log.debug("could not renew the lease on %s", self.run_dir.uri, exc_info=True)
 
 
 def _who_and_since() -> str:
