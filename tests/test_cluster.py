@@ -203,6 +203,8 @@ def test_a_run_dir_in_s3_is_leased_to_one_sweep_and_a_killed_sweeps_lease_lapses
     assert "a-lost-node, last seen 10 s ago" in SweepRunning(run_dir).holder()
     run_dir.write_json(RUNNING, {**gone, "renewed": time.time() - rundir.LEASE_LAPSES_S - 1})
     assert SweepRunning(run_dir).holder() is None
+    run_dir.write_json(RUNNING, {**gone, "renewed": "yesterday"})  # not a lease stune wrote: no one holds the run dir
+    assert SweepRunning(run_dir).holder() is None
     taker = SweepRunning(run_dir)
     taker.take()
     try:
