@@ -96,20 +96,62 @@ def test_a_model_that_cannot_load_stops_the_sweep_and_leaves_nothing(tiny_model,
     assert not (tmp_path / "run").exists()
 
 
-def test_the_background_baseline_scores_the_model_once_started(tiny_model, scored_data):
+def test_the_baseline_is_the_first_trials_or_scored_by_the_driver_when_no_trial_brought_it(tiny_model, scored_data):
     from trainers.data import load_splits
     from tune.engine import BackgroundBaseline
 
     config = SweepConfig.model_validate(sweep_config(tiny_model, scored_data))
-    baseline = BackgroundBaseline(config, load_splits(config, with_test=False))
+    splits = load_splits(config, with_test=False)
+    baseline = BackgroundBaseline(config, splits)
     published = []
     baseline.when_done(published.append)
     time.sleep(1)
-    assert not published, "scored before the first trial started"
+    assert not published and not baseline.settled(), "scored before it was asked to"
     baseline.start()
     scores = baseline.result()
     assert -1 <= scores[OBJECTIVE] <= 1
     assert published == [scores]
+    baseline.offer({OBJECTIVE: 0.5})  # a trial's, after the driver's own: the first stands
+    assert baseline.result() == scores and published == [scores]
+
+    offered = BackgroundBaseline(config, splits)  # a trial scored it: the driver scores nothing
+    offered.when_done(published.append)
+    offered.offer({OBJECTIVE: 0.25, "pearson_cosine": 0.5})
+    offered.start()
+    offered.wait_if_started()
+    assert offered.result() == {OBJECTIVE: 0.25, "pearson_cosine": 0.5} == published[-1] and len(published) == 2
+
+
+def test_the_sweep_driver_never_loads_torch_and_the_first_trial_scores_the_base_model(tiny_model, scored_data, tmp_path):
+    """On a cluster the driver runs on the head node or a laptop: it schedules, it does not load
+    the model (~0.6 GB with torch for MiniLM). The first trial scores the untuned model before it
+    trains, with the same evaluation the driver would run."""
+    import json
+    import subprocess
+    import sys
+
+    from trainers.data import load_splits
+    from trainers.evaluation import evaluate_untuned
+    from trainers.model import load_model
+
+    config = sweep_config(tiny_model, scored_data, trials=2, max_steps=4)
+    script = (
+        "import json, sys; from tune import sweep; "
+        f"summary = sweep(json.loads(sys.argv[1]), out=sys.argv[2]); "
+        "print(json.dumps({'baseline': summary['baseline'], 'loaded': sorted(m for m in ('torch', 'transformers', "
+        "'sentence_transformers') if m in sys.modules)}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(config), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["loaded"] == [], seen
+    splits = load_splits(SweepConfig.model_validate(config), with_test=False)
+    expected = evaluate_untuned(load_model(tiny_model), splits.eval, "eval", "tiny")
+    assert seen["baseline"][OBJECTIVE] == pytest.approx(expected[OBJECTIVE], abs=1e-6)
+    assert json.loads((tmp_path / "run" / "sweep.json").read_text())["baseline"] == seen["baseline"]
+    results = [json.loads(line) for path in (tmp_path / "run").glob("trial_*/result.json") for line in path.read_text().splitlines()]
+    assert {r.get("base_" + OBJECTIVE) for r in results} == {None, seen["baseline"][OBJECTIVE]}, "one trial scored it"
 
 
 @pytest.mark.parametrize("loads", [True, False], ids=["model-loads", "model-broken"])

@@ -68,6 +68,7 @@ def fine_tune(
     on_evaluation: Callable[[Evaluation], None] | None = None,
     resume_from: str | Path | None = None,
     score_base: bool = True,
+    on_base_scored: Callable[[dict[str, float]], None] | None = None,
     evaluations: int = 5,
     keep_best_model: bool = True,
     resumable: bool = True,
@@ -83,6 +84,7 @@ def fine_tune(
     best weights is kept on disk (a sweep keeps the best across trials itself). With
     ``resumable=False`` checkpoints hold the weights only. When ``stop`` is requested during
     training, the current step is evaluated and training ends there, as if it had been the last.
+    ``on_base_scored`` gets the untuned model's eval scores (``score_base``) before training starts.
     """
     started = time.monotonic()
     splits = splits or load_splits(config)
@@ -97,6 +99,8 @@ def fine_tune(
         if splits.test:
             base["test"] = evaluate_untuned(model, splits.test, "test", model_label(config.model))
         log.info("base model %s: eval %s %.4f", model_label(config.model), OBJECTIVE, base["eval"][OBJECTIVE])
+        if on_base_scored is not None:
+            on_base_scored(base["eval"])
 
     from datasets import Dataset
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer

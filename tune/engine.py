@@ -159,11 +159,12 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         connect, disconnect, ray_starts_shielded_from_ctrl_c, stop_ray_and_its_agents, unfit_resources,
     )
 
-    # The untuned model is scored in the background once the first trial has started: importing
-    # torch and sentence-transformers and evaluating took ~20 s on 2 cores, and waiting for it put
-    # the first training step 25 s after a plain script's; started at once, its imports held the
-    # GIL while Ray Tune set up (bench/overhead.py). sweep.json gets the score when it is ready;
-    # the summary waits for it.
+    # The untuned model is scored by the first trial, before it trains: its worker has torch and
+    # the model loaded already. In the driver, importing torch and sentence-transformers and
+    # evaluating took ~20 s of CPU on 2 cores beside the trials, and ~0.6 GB (bench/resources.py).
+    # Only when no trial brought the score (the first one failed before it, or a resumed sweep
+    # lacks it) does the driver score the model itself. sweep.json gets the score when it is
+    # known; the summary waits for it.
     baseline = BackgroundBaseline(config, splits, known=saved and saved.get("baseline"))
     try:
         with ray_starts_shielded_from_ctrl_c():
@@ -219,8 +220,15 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
     upload_study = StudyUploader(run_dir, study_path)  # remote run dirs: study.db is uploaded
 
     def on_trial_event(kind, row, recorder):
-        if kind == "start":
-            baseline.start()
+        if kind == "base":  # the scores of the untuned model, from the trial that took them
+            baseline.offer(row)
+            return
+        if kind == "base_trial_ended":
+            # The trial that was to score the untuned model ended without its scores (it failed
+            # first, e.g. to load the model, as every trial then will): the driver scores it.
+            if not baseline.settled():
+                baseline.start()
+            return
         if kind == "done":
             upload_study()
         if on_event is not None:
@@ -318,7 +326,7 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         with contextlib.suppress(Exception):  # the hint to resume matters more than this figure
             run_dir.write_json(SWEEP, sweep_doc)
         raise Interrupted(ctrl_c.signum)
-    baseline.start()  # no trial started (all pending): the model is scored now, with Ray down
+    baseline.start()  # no trial brought the scores (none ran, or resumed trials): scored now, with Ray down
     # Trials that fail at once (the model does not load for them either) can end the sweep before
     # the baseline has: its outcome decides what is left of the run dir.
     if baseline.failed(wait=True) and not resume:
@@ -342,8 +350,9 @@ def config_for_trials(config: SweepConfig) -> dict[str, Any]:
 
 
 class BackgroundBaseline:
-    """The untuned model's eval scores, computed in a daemon thread (a Ctrl-C does not wait for
-    it) once ``start`` is called; ``known``: a resumed sweep's, when it has them.
+    """The untuned model's eval scores: ``offer``ed by the trial that scored them, or computed in
+    a daemon thread (a Ctrl-C does not wait for it) once ``start`` is called, whichever comes
+    first; ``known``: a resumed sweep's, when it has them.
 
     A sweep that ends without a summary (Ctrl-C, an error) ``abandon``s it: its outcome is then
     neither written nor logged. The thread cannot be stopped, and a score still being computed
@@ -353,12 +362,19 @@ class BackgroundBaseline:
     def __init__(self, config: SweepConfig, splits, *, known: dict[str, float] | None = None):
         self._config, self._splits, self._known = config, splits, known
         self._started, self._abandoned = threading.Event(), threading.Event()
-        self._publishing = threading.Lock()
+        self._publishing, self._settling = threading.Lock(), threading.Lock()
         self._future: Future = Future()
         threading.Thread(target=self._run, name="stune-baseline", daemon=True).start()
 
     def start(self) -> None:
         self._started.set()
+
+    def offer(self, scores: dict[str, float]) -> None:
+        self._settle(scores)
+        self._started.set()  # the thread wakes, finds them known, and scores nothing
+
+    def settled(self) -> bool:
+        return self._future.done()
 
     def wait_if_started(self) -> None:
         if self._started.is_set():
@@ -390,17 +406,30 @@ class BackgroundBaseline:
         return self._future.result()
 
     def _run(self) -> None:
-        self._future.set_running_or_notify_cancel()
         try:
-            self._future.set_result(self._score())
+            scores = self._score()
         except BaseException as exc:  # noqa: BLE001 - handed to whoever asks the future
-            self._future.set_exception(exc)
+            self._settle(error=exc)
+        else:
+            if scores is not None:
+                self._settle(scores)
 
-    def _score(self) -> dict[str, float]:
+    def _settle(self, scores: dict[str, float] | None = None, error: BaseException | None = None) -> None:
+        with self._settling:  # the first outcome stands: a trial's offer or the thread's own
+            if self._future.done():
+                return
+            if error is not None:
+                self._future.set_exception(error)
+            else:
+                self._future.set_result(scores)
+
+    def _score(self) -> dict[str, float] | None:
         _import_driver_modules()
         if self._known:
             return self._known
         self._started.wait()
+        if self._future.done():  # offered by a trial
+            return None
         if self._abandoned.is_set():
             raise CancelledError("the sweep stopped before the untuned model was scored")
         import torch
@@ -515,6 +544,7 @@ def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study
         study_name=study_name(run_dir),
     )
     searcher.mirror = StudyMirror(study_path, study_name(run_dir)) if study_path else None
+    searcher.score_base_with_next_trial = True
     if searcher.mirror is not None:
         searcher.mirror.study()  # study.db exists from the start, as the dashboard and report expect
     if seed_trials:  # finished trials of an earlier sweep: TPE models them from the first trial on

@@ -30,6 +30,7 @@ from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from trainers.errors import Interrupted, on_stop_signals
+from tune.space import SCORE_BASE
 from tune.trainable import ERROR_KEY
 
 if TYPE_CHECKING:
@@ -69,11 +70,17 @@ class ResumableOptunaSearch(OptunaSearch):
       makes Ray count them too)."""
 
     mirror: "StudyMirror | None" = None  # none in searchers pickled before 2026-12-07 (their study is in SQLite)
+    # The next trial it proposes scores the untuned model before it trains (SCORE_BASE): a trial
+    # worker has torch and the model loaded, where the driver would import and load them again.
+    score_base_with_next_trial: bool = False
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if self.mirror is not None and config is not None:
             self.mirror.start(trial_id, self._frozen(trial_id))
+        if self.score_base_with_next_trial and config is not None:
+            self.score_base_with_next_trial = False
+            config = {**config, SCORE_BASE: True}
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

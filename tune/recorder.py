@@ -4,7 +4,8 @@
   beats it, without optimizer state), so the winner survives whatever Ray deletes;
 - deletes a trial's own checkpoint once the trial ends, so disk holds at most one checkpoint
   per running trial plus ``best/`` whatever the number of trials;
-- keeps ``trials.csv`` current as trials start and end.
+- keeps ``trials.csv`` current as trials start and end;
+- hands on the untuned model's scores, which the first trial reports with its results.
 Its state is rebuilt from the run directory in ``setup``, so it survives ``--resume``.
 """
 
@@ -21,7 +22,8 @@ from ray.tune import Callback
 
 from trainers.evaluation import selection_key
 from tune.rundir import BEST, DONE, TRIAL_STATUSES, TRIALS, RunDir, delete_checkpoint_dirs, trial_dir_name
-from tune.trainable import ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
+from tune.space import SCORE_BASE
+from tune.trainable import BASE_PREFIX, ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
 
@@ -73,6 +75,8 @@ class SweepRecorder(Callback):
         if result.get(ERROR_KEY):  # the trial cannot go on; StopOnTrialError ends it
             row["error"] = _one_line(str(result[ERROR_KEY]))
             return
+        if BASE_PREFIX + OBJECTIVE in result:  # this trial scored the untuned model before it trained
+            self._emit("base", {k.removeprefix(BASE_PREFIX): v for k, v in result.items() if k.startswith(BASE_PREFIX)})
         score = result.get(OBJECTIVE)
         row["steps"] = result.get("step")
         row["total_steps"] = result.get("total_steps")
@@ -171,6 +175,8 @@ class SweepRecorder(Callback):
         # once (on_trial_start) instead of restoring a checkpoint deleted below.
         self._write()
         _delete_trial_checkpoints(trial)
+        if trial.config.get(SCORE_BASE):  # its results had the base scores, unless it failed first
+            self._emit("base_trial_ended", row)
         self._emit("done", row)
 
     def _row(self, trial) -> dict[str, Any]:

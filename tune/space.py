@@ -181,16 +181,21 @@ def recipe_point(config: SweepConfig, space: SearchSpace) -> dict[str, Any] | No
     return point
 
 
+# Put by the searcher into the first trial's params (tune.faults.ResumableOptunaSearch): that
+# trial scores the untuned model before it trains. A note to the trial, not a training parameter.
+SCORE_BASE = "stune_score_base"
+
+
 def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """Flat trial params (``loss``, ``TripletLoss.margin``, ``learning_rate``...) -> config keys.
 
     Parameters of a loss other than the chosen one are dropped: a searcher's warm-start point
-    may carry them, a trial never uses them.
+    may carry them, a trial never uses them. So is ``SCORE_BASE``.
     """
     loss = params["loss"]
     overrides: dict[str, Any] = {"loss": {"name": loss}}
     for key, value in params.items():
-        if key == "loss":
+        if key in ("loss", SCORE_BASE):
             continue
         if "." in key:
             owner, name = key.split(".", 1)

@@ -29,8 +29,8 @@ def _import_training_libraries_in_trial_worker() -> None:
     module to create the trial's actor, while the driver still sets the trial up, not once the
     trial runs: the first training step came ~1.5 s sooner in 3 A/B pairs (bench/overhead.py,
     1 trial). Not in a thread: transformers' lazy modules broke when imported from two threads
-    at once ("cannot import name 'TrainerCallback'"). Not in the driver, where these imports
-    would hold the GIL while Ray Tune sets up (its baseline thread imports them later)."""
+    at once ("cannot import name 'TrainerCallback'"). Not in the driver, which never needs them:
+    the first trial scores the untuned model (tune.space.SCORE_BASE)."""
     try:
         import ray
 
@@ -57,6 +57,8 @@ BEST_NOTE = "stune_best.txt"
 EVAL_NOTE = "stune_eval.json"  # the evaluation a checkpoint belongs to, read by the driver's recorder
 # A trial that cannot go on reports {ERROR_KEY: reason} once, as its last result (tune.faults).
 ERROR_KEY = "stune_error"
+# The untuned model's eval scores, in every result of the trial that scored them (tune.space.SCORE_BASE).
+BASE_PREFIX = "base_"
 # Written by the recorder into the last checkpoint of a trial that had finished when the driver
 # was killed but that Ray's saved state still lists as running: the resumed trial ends at once.
 FINISHED_NOTE = "stune_finished.txt"
@@ -108,7 +110,7 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
 
     from trainers.config import TrainConfig
     from trainers.train import fine_tune
-    from tune.space import trial_overrides
+    from tune.space import SCORE_BASE, trial_overrides
 
     overrides = trial_overrides(params)
     config = TrainConfig.model_validate({**base_config, **overrides})
@@ -122,6 +124,10 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
 
     node = ray.util.get_node_ip_address()
     best = -math.inf
+    base: dict[str, float] = {}
+
+    def keep_base(scores: dict[str, float]) -> None:
+        base.update({BASE_PREFIX + name: value for name, value in scores.items()})
 
     def report(evaluation) -> None:
         nonlocal best
@@ -136,6 +142,7 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
             "epoch": evaluation.epoch,
             "total_steps": evaluation.total_steps,
             "node": node,
+            **base,
         }
         ray.tune.report(metrics, checkpoint=checkpoint_to_report(str(evaluation.checkpoint)))
         # report() has persisted the checkpoint to the run's storage: the local copy is spare.
@@ -157,7 +164,9 @@ def run_trial(params: dict[str, Any], *, base_config: dict[str, Any], splits, mo
     stopped = False
     try:
         fine_tune(
-            config, work_dir, splits=splits, on_evaluation=report, resume_from=resume_from, score_base=False,
+            config, work_dir, splits=splits, on_evaluation=report, resume_from=resume_from,
+            # A resumed trial's model is trained already: its first run scored the base, or the driver will.
+            score_base=bool(params.get(SCORE_BASE)) and resume_from is None, on_base_scored=keep_base,
             evaluations=evaluations, tensorboard_dir=tensorboard_dir(),
             # The recorder keeps the best across trials (best/): a trial needs no copy of its own
             # best model on disk, nor to reload it when training ends (bench/overhead.py).
