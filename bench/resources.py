@@ -173,7 +173,7 @@ def main() -> None:
     disk_bound = (concurrency + 1) * model_bytes
     checkpoint_size = sampler.largest_checkpoint
     rows = [[f"trial worker pid {w['pid']}", w["rss"] / MB, w["uss"] / MB] for w in workers]
-    rows.append(["driver (this process: Ray driver, baseline model, recorder)", sampler.driver_rss / MB, None])
+    rows.append(["driver (this process: Ray driver, searcher, recorder)", sampler.driver_rss / MB, None])
     common.table(f"Peak memory, MB ({summary['counts']} trials, {wall:.0f} s)", ["process", "peak RSS", "peak USS"], rows)
     parts = {k: round(v / MB, 1) for k, v in sampler.disk_peak_parts.items()}
     common.table("Peak checkpoint disk, MB", ["peak total", "of which run-dir checkpoints", "best/", "trials' local", "bound (concurrent+1) x weights", "one trial checkpoint"],

@@ -491,6 +491,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp
     assert "TripletLoss.margin: 0.05 .. 5 (log)" in plan and "CoSENTLoss" not in plan, plan  # only the searched losses
     assert "CachedMultipleNegativesRankingLoss.mini_batch_size: 32 (fixed)" in plan, plan
     assert "first trial: the config's own recipe: loss=CosineSimilarityLoss" in plan, plan
+    assert "baseline:  the first trial scores the untuned model on eval before it trains" in plan, plan
     # what would stop the real sweep stops the plan: a run dir in the way, a model that is not there
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "mine.txt").write_text("mine")

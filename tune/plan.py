@@ -39,6 +39,7 @@ def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> lis
         f"  per trial: {trial_length(config, space)}, {evaluations} of eval spearman_cosine, "
         f"a checkpoint at each",
         f"  searcher:  {config.searcher}{startup}; scheduler: {scheduler}",
+        "  baseline:  the first trial scores the untuned model on eval before it trains",
     ]
     if config.initial_points is None:
         point = recipe_point(config, space)
