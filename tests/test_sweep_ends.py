@@ -137,7 +137,7 @@ def test_the_sweep_driver_never_loads_torch_and_the_first_trial_scores_the_base_
     config = sweep_config(tiny_model, scored_data, trials=2, max_steps=4)
     script = (
         "import json, sys; from tune import sweep; "
-        f"summary = sweep(json.loads(sys.argv[1]), out=sys.argv[2]); "
+        "summary = sweep(json.loads(sys.argv[1]), out=sys.argv[2]); "
         "print(json.dumps({'baseline': summary['baseline'], 'loaded': sorted(m for m in ('torch', 'transformers', "
         "'sentence_transformers') if m in sys.modules)}))"
     )

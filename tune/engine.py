@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any, Callable
@@ -362,7 +362,7 @@ class BackgroundBaseline:
     def __init__(self, config: SweepConfig, splits, *, known: dict[str, float] | None = None):
         self._config, self._splits, self._known = config, splits, known
         self._started, self._abandoned = threading.Event(), threading.Event()
-        self._publishing, self._settling = threading.Lock(), threading.Lock()
+        self._publishing = threading.Lock()
         self._future: Future = Future()
         threading.Thread(target=self._run, name="stune-baseline", daemon=True).start()
 
@@ -415,9 +415,7 @@ class BackgroundBaseline:
                 self._settle(scores)
 
     def _settle(self, scores: dict[str, float] | None = None, error: BaseException | None = None) -> None:
-        with self._settling:  # the first outcome stands: a trial's offer or the thread's own
-            if self._future.done():
-                return
+        with contextlib.suppress(InvalidStateError):  # the first outcome stands: a trial's offer or the thread's own
             if error is not None:
                 self._future.set_exception(error)
             else:
