@@ -763,6 +763,38 @@ def test_a_trial_lost_to_a_driver_kill_leaves_no_checkpoint(tmp_path):
     assert (run / "trial_kept1" / "checkpoint_000000").exists()  # Ray still ends this one
 
 
+def test_a_trial_whose_end_the_killed_driver_never_wrote_keeps_its_last_result(tmp_path):
+    """The driver was killed after Ray saved a trial's last result and checkpoint but before
+    trials.csv had them (it still said "running"). On --resume Ray restores the trial from that
+    checkpoint, at its last step, and the trial ends without reporting again: its row is
+    completed with the score Ray saved, not "stopped early" with none (seen once in CI, 2026-12-07)."""
+    from types import SimpleNamespace
+
+    from tune.recorder import SweepRecorder
+    from tune.rundir import RunDir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trials.csv").write_text("trial_id,number,status,loss\nt35,35,running,CoSENTLoss\n")
+    recorder = SweepRecorder(RunDir.open(str(run)), 50)
+    recorder.setup()
+    # As Ray's Trial.on_restore sets it: the metrics reported with the restored checkpoint.
+    restored = SimpleNamespace(trial_id="t35", config={"loss": "CoSENTLoss"}, experiment_tag="35_x", checkpoint=None,
+                               last_result={"spearman_cosine": 0.4321, "step": 2, "total_steps": 2, "node": "10.0.0.2"})
+    recorder.on_trial_start(0, [], restored)
+    recorder.on_trial_complete(0, [], restored)
+    row = {r["trial_id"]: r for r in read_trials(run)}["t35"]
+    assert (row["status"], row["spearman_cosine"], row["steps"], row["total_steps"]) == ("completed", "0.4321", "2", "2"), row
+
+    # A trial that reported fewer steps than planned before it ended is still "stopped early".
+    cut = SimpleNamespace(trial_id="t36", config={"loss": "CoSENTLoss"}, experiment_tag="36_x", checkpoint=None,
+                          last_result={"spearman_cosine": 0.3, "step": 1, "total_steps": 2})
+    recorder.on_trial_start(0, [], cut)
+    recorder.on_trial_result(0, [], cut, cut.last_result)
+    recorder.on_trial_complete(0, [], cut)
+    assert {r["trial_id"]: r for r in read_trials(run)}["t36"]["status"] == "stopped_early"
+
+
 def test_run_dir_writes_cannot_escape_it(tmp_path):
     from tune.rundir import RunDir
 

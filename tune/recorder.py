@@ -77,16 +77,8 @@ class SweepRecorder(Callback):
             return
         if BASE_PREFIX + OBJECTIVE in result:  # this trial scored the untuned model before it trained
             self._emit("base", {k.removeprefix(BASE_PREFIX): v for k, v in result.items() if k.startswith(BASE_PREFIX)})
-        score = result.get(OBJECTIVE)
-        row["steps"] = result.get("step")
-        row["total_steps"] = result.get("total_steps")
-        row["node"] = result.get("node", "")
-        if score is None or not math.isfinite(score):
-            return
-        if not row.get(OBJECTIVE) or score > float(row[OBJECTIVE]):
-            row[OBJECTIVE] = round(score, 6)
-            row["best_step"] = result.get("step")
-        self._emit("result", {**row, "last_score": score})  # last_score: for the live display, not trials.csv
+        if _take_result(row, result):
+            self._emit("result", {**row, "last_score": result[OBJECTIVE]})  # last_score: for the live display, not trials.csv
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Each checkpoint names the evaluation it was saved at, so the best is decided from the
@@ -124,6 +116,11 @@ class SweepRecorder(Callback):
             self._finished_before.discard(trial.trial_id)
             _delete_trial_checkpoints(trial)
             return
+        if not _int(row.get("steps")) and trial.last_result:
+            # The driver was killed after Ray saved this trial's last result and checkpoint but
+            # before trials.csv had them: the resumed trial, at its last step, ends without a new
+            # report (tune.trainable.run_trial). Ray's saved result is the trial's last one.
+            _take_result(row, trial.last_result)
         steps, total = _int(row.get("steps")), _int(row.get("total_steps"))
         if row.get("error"):  # ended by StopOnTrialError
             row["status"] = "errored"
@@ -254,6 +251,20 @@ def _int(value) -> int | None:
 def _one_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[0] if lines else "failed")[:300]
+
+
+def _take_result(row: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Copy a result's progress and score into the trial's row; False when it holds no score."""
+    score = result.get(OBJECTIVE)
+    row["steps"] = result.get("step")
+    row["total_steps"] = result.get("total_steps")
+    row["node"] = result.get("node", "")
+    if score is None or not math.isfinite(score):
+        return False
+    if not row.get(OBJECTIVE) or score > float(row[OBJECTIVE]):
+        row[OBJECTIVE] = round(score, 6)
+        row["best_step"] = result.get("step")
+    return True
 
 
 def _mark_finished(trial) -> bool:
