@@ -409,7 +409,9 @@ def long_run(start_sweep, tiny_model, scored_data, tmp_path_factory):
     # process that is surely dead, so that the check below cannot pass for want of a leftover.
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (second.tmp / f"stune-trial-{gone.pid}@{socket.gethostname()}-planted0").mkdir()
+    # Earlier than `true` started: whatever process holds that PID later is not the folder's owner.
+    gone_started = psutil.Process().create_time() - 1
+    (second.tmp / f"stune-trial-{gone.pid}.{gone_started:.2f}@{socket.gethostname()}-planted0").mkdir()
     # A kill that lands while Ray saves its searcher leaves the save's temporary file (seen in
     # a test run on 2026-12-07); the resume removes such leftovers (checked in the retention test).
     (run / ".0b1e2c3d-tmp-searcher-state-2026-01-01_00-00-00.pkl").write_bytes(b"cut")
@@ -793,6 +795,33 @@ def test_a_trial_whose_end_the_killed_driver_never_wrote_keeps_its_last_result(t
     recorder.on_trial_result(0, [], cut, cut.last_result)
     recorder.on_trial_complete(0, [], cut)
     assert {r["trial_id"]: r for r in read_trials(run)}["t36"]["status"] == "stopped_early"
+
+
+def test_a_new_trial_removes_the_scratch_folders_of_ended_processes_only(tmp_path, monkeypatch):
+    """A worker killed mid-trial leaves its scratch folder (checkpoints) in $TMPDIR; the next trial
+    on the host removes it. A PID alone does not say its owner ended: PIDs wrap (at 32768 here) and
+    a new process may hold it, so the folder name carries the owner's start time too."""
+    from tune.trainable import trial_work_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host, me = socket.gethostname(), psutil.Process()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folders = {
+        "mine": f"stune-trial-{me.pid}.{me.create_time():.2f}@{host}-a",  # a live trial's: kept
+        "pid_reused": f"stune-trial-{me.pid}.{me.create_time() - 3600:.2f}@{host}-b",
+        "ended": f"stune-trial-{gone.pid}.{me.create_time():.2f}@{host}-c",
+        "ended_old_name": f"stune-trial-{gone.pid}@{host}-d",
+        "live_old_name": f"stune-trial-{me.pid}@{host}-e",  # kept: nothing says the owner changed
+        "other_host": f"stune-trial-{gone.pid}.1.00@not-{host}-f",  # that host's trials decide
+    }
+    for name in folders.values():
+        (tmp_path / name / "checkpoint-2").mkdir(parents=True)
+    new = trial_work_dir()
+    left = {key for key, name in folders.items() if (tmp_path / name).exists()}
+    assert left == {"mine", "live_old_name", "other_host"}, left
+    assert new.parent == tmp_path and new.name.startswith(f"stune-trial-{me.pid}.{me.create_time():.2f}@{host}-")
+    assert trial_work_dir() != new and new.exists()  # the next trial of this process keeps the running one's
 
 
 def test_run_dir_writes_cannot_escape_it(tmp_path):

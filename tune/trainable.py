@@ -205,10 +205,29 @@ def trial_work_dir() -> Path:
 
     host, tmp = socket.gethostname(), Path(tempfile.gettempdir())
     for stale in tmp.glob(f"{WORK_DIR_PREFIX}*@{host}-*"):
-        pid, _, rest = stale.name.removeprefix(WORK_DIR_PREFIX).partition("@")
-        if rest.rpartition("-")[0] == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
+        owner, _, rest = stale.name.removeprefix(WORK_DIR_PREFIX).partition("@")
+        if rest.rpartition("-")[0] == host and _process_ended(owner):
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{os.getpid()}@{host}-", dir=tmp))
+    me = psutil.Process()
+    return Path(tempfile.mkdtemp(prefix=f"{WORK_DIR_PREFIX}{me.pid}.{me.create_time():.2f}@{host}-", dir=tmp))
+
+
+def _process_ended(owner: str) -> bool:
+    """``owner`` is "PID.START" (the process's start time, as psutil gives it) or, in folders of
+    older versions, "PID". The start time tells a new process that got the dead one's PID (PIDs
+    wrap at 32768 on many hosts; seen in a test run, where a planted leftover survived a sweep)."""
+    import psutil
+
+    pid, _, started = owner.partition(".")
+    if not pid.isdigit():
+        return False
+    try:
+        holder = psutil.Process(int(pid))
+        return bool(started) and abs(holder.create_time() - float(started)) > 1
+    except psutil.NoSuchProcess:
+        return True
+    except (psutil.Error, ValueError):
+        return False
 
 
 def checkpoint_to_report(folder: str):
