@@ -567,7 +567,18 @@ def _mlflow_callbacks(uri: str | None, run_dir: RunDir) -> list:
         raise SweepError(problem)
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=run_dir.name, tags={"stune_run_dir": run_dir.uri}, save_artifact=False)]
+    from tune.space import param_columns
+
+    class TrialParamsToMLflow(MLflowLoggerCallback):
+        """Logs a trial's params as trials.csv names them (``margin``, not ``TripletLoss.margin``),
+        without stune's note to the first trial (``stune_score_base``)."""
+
+        def setup(self, *args, **kwargs):
+            super().setup(*args, **kwargs)
+            log_params = self.mlflow_util.log_params
+            self.mlflow_util.log_params = lambda run_id, params_to_log: log_params(run_id=run_id, params_to_log=param_columns(params_to_log))
+
+    return [TrialParamsToMLflow(tracking_uri=uri, experiment_name=run_dir.name, tags={"stune_run_dir": run_dir.uri}, save_artifact=False)]
 
 
 def _scheduler(config: SweepConfig):

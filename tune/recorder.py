@@ -22,7 +22,7 @@ from ray.tune import Callback
 
 from trainers.evaluation import selection_key
 from tune.rundir import BEST, DONE, TRIAL_STATUSES, TRIALS, RunDir, delete_checkpoint_dirs, trial_dir_name
-from tune.space import SCORE_BASE
+from tune.space import SCORE_BASE, param_columns
 from tune.trainable import BASE_PREFIX, ERROR_KEY, EVAL_NOTE, FINISHED_NOTE, OBJECTIVE
 
 log = logging.getLogger("stune.sweep")
@@ -98,7 +98,7 @@ class SweepRecorder(Callback):
             OBJECTIVE: score,
             "pearson_cosine": evaluation.get("pearson_cosine"),
             "step": evaluation.get("step"),
-            "config": _params(trial.config),
+            "config": param_columns(trial.config),
         }
         try:
             self.run_dir.replace_dir_from(BEST, checkpoint.filesystem, checkpoint.path, skip=_OPTIMIZER_FILES)
@@ -182,7 +182,7 @@ class SweepRecorder(Callback):
         number = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
         if number.isdigit():
             row["number"] = int(number)
-        row.update(_params(trial.config))
+        row.update(param_columns(trial.config))
         return row
 
     def _write(self):
@@ -230,15 +230,6 @@ class KeepRunFilesCurrent(Callback):
 
 
 _OPTIMIZER_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "training_args.bin")
-
-
-def _params(config: dict[str, Any]) -> dict[str, Any]:
-    """Trial params as columns: ``TripletLoss.margin`` -> ``margin`` of the chosen loss."""
-    from tune.space import trial_overrides
-
-    overrides = trial_overrides(config)
-    loss = overrides.pop("loss")
-    return {"loss": loss["name"], **{k: v for k, v in loss.items() if k != "name"}, **overrides}
 
 
 def _int(value) -> int | None:

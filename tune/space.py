@@ -206,6 +206,13 @@ def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
+def param_columns(params: dict[str, Any]) -> dict[str, Any]:
+    """Trial params as trials.csv and MLflow show them: ``TripletLoss.margin`` -> ``margin`` of the chosen loss."""
+    overrides = trial_overrides(params)
+    loss = overrides.pop("loss")
+    return {"loss": loss["name"], **{k: v for k, v in loss.items() if k != "name"}, **overrides}
+
+
 def initial_point_params(point: dict[str, Any], default_loss: str) -> dict[str, Any]:
     """``{loss: TripletLoss, margin: 0.3, learning_rate: 2e-5}`` -> Optuna parameter names."""
     from trainers.config import TrainConfig
