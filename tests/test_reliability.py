@@ -569,6 +569,63 @@ def test_failed_export_leaves_the_existing_folder_as_it_was(long_run, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exported")] == [], "no partial export left"
 
 
+@pytest.mark.slow
+def test_resume_skips_a_ray_state_file_cut_short_and_refuses_when_none_can_be_read(long_run, tmp_path):
+    """Ray resumes from the newest experiment_state-*.json; when it cannot read that file it only
+    logs "Failed to restore the run state" and starts the sweep over, in the same run dir (a CI-like
+    run, 2026-12-07, where the driver was killed while copying the file in: 38 trials of 50 ran)."""
+    copy = tmp_path / "run"
+    shutil.copytree(long_run["run"], copy)
+    rows_before = read_trials(copy)
+    newest = max(copy.glob("experiment_state-*.json"))
+    (copy / "experiment_state-2000-01-01_00-00-00.json").write_bytes(newest.read_bytes())  # an older save
+    newest.write_bytes(newest.read_bytes()[:100])  # cut short
+    proc = run_stune("sweep", "--resume", "--out", copy, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{newest.name} in the run dir cannot be read" in proc.stderr, proc.stderr[-3000:]
+    assert "Failed to restore" not in proc.stderr, proc.stderr[-3000:]
+    assert read_trials(copy) == rows_before  # the finished sweep stays finished: nothing ran again
+    assert (copy / f".unreadable-{newest.name}").exists()
+
+    for state in copy.glob("experiment_state-*.json"):
+        state.write_bytes(b"")
+    proc = run_stune("sweep", "--resume", "--out", copy, timeout=300)
+    assert_user_error(proc, "cannot be read", "--force")
+    assert read_trials(copy) == rows_before
+
+
+def test_a_write_cut_by_a_kill_leaves_the_run_dirs_file_whole(tmp_path):
+    """Ray copies its state files into a local run dir through stune's file system; a process
+    killed in the middle of a copy leaves the file it was replacing as it was, and a hidden
+    partial file that the next sweep in that run dir removes."""
+    run = tmp_path / "run"
+    (run / "trial_1").mkdir(parents=True)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from tune.rundir import linking_local_fs
+        fs = linking_local_fs()
+        for name in ("experiment_state-1.json", "trial_1/result.json"):
+            with fs.open_output_stream("{run}/" + name) as out:
+                out.write(b'{{"saved": "whole"}}')
+        out = fs.open_output_stream("{run}/experiment_state-1.json")
+        out.write(b'{{"saved": "ha')
+        out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert json.loads((run / "experiment_state-1.json").read_text()) == {"saved": "whole"}
+    assert json.loads((run / "trial_1" / "result.json").read_text()) == {"saved": "whole"}
+    partial = [p.name for p in run.iterdir() if p.name.startswith(".experiment_state-1.json")]
+    assert len(partial) == 1, list(run.iterdir())
+
+    from tune.engine import _remove_partial_saves
+
+    (run / "trial_1" / ".result.json.stune-partial-0123abcd").write_bytes(b"{")
+    _remove_partial_saves(str(run))
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == ["experiment_state-1.json", "trial_1", "trial_1/result.json"]
+
+
 # --------------------------------------------------------------------------- quick ones
 
 FAILED_WRITES = r"""

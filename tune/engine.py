@@ -22,7 +22,7 @@ from typing import Any, Callable
 from trainers.config import input_paths, refuse_out_holding_inputs
 from trainers.errors import StuneError
 from tune.config import SweepConfig, parse_duration
-from tune.rundir import SUMMARY, SWEEP, RunDir, SweepRunning, trial_dirname
+from tune.rundir import PARTIAL_MARK, RAY_STATE_PREFIX, SUMMARY, SWEEP, RunDir, SweepRunning, trial_dirname
 from tune.space import SearchSpace, fit_losses_to_data, initial_point_params, recipe_point
 from tune.trainable import BEST_OBJECTIVE, OBJECTIVE
 
@@ -152,6 +152,8 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         log.warning(warning)
     seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
     _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
+    if resume:
+        _set_aside_unreadable_ray_state(run_dir)
 
     import ray
 
@@ -320,6 +322,8 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         failure = sys.exc_info()[1]  # on its way out of tuner.fit() or the lines after it
         _say_where_ray_logs_are(disconnect(keep_ray_logs=failure is not None and _unexpected(failure)))
         upload_study(force=True)
+        if run_dir.is_local:
+            _remove_partial_saves(run_dir.path)
     # The wall time of a resumed sweep counts its earlier runs (Ray's time budget does too).
     sweep_doc["elapsed_seconds"] = round(float(sweep_doc.get("elapsed_seconds") or 0.0) + time.time() - started, 1)
     if ctrl_c.interrupted:  # Ray saved its state: the run dir resumes; no summary of a partial sweep
@@ -499,11 +503,38 @@ def _say_where_ray_logs_are(path: str | None) -> None:
 
 
 def _remove_partial_saves(path: str) -> None:
-    """Ray saves its searcher and search state to a temporary file it then renames; a driver
-    killed mid-save leaves that file in the run dir for good. Only a resume, holding the run
-    dir's lock, runs this: no other sweep is writing there."""
-    for leftover in [*Path(path).glob(".*-tmp-searcher-state-*"), *Path(path).glob("tmp-search_gen_state-*")]:
+    """Ray saves its searcher and search state to a temporary file it then renames, in a staging
+    folder it copies into the run dir in the background: a copy that ran while a save was under
+    way, or a driver killed mid-save, leaves that file in the run dir for good; so does a copy
+    into it cut by a kill (rundir.PARTIAL_MARK). Run by the sweep holding the run dir's lock, with
+    its Ray stopped or not yet started: nothing else is writing there."""
+    run = Path(path)
+    leftovers = [*run.glob(".*-tmp-searcher-state-*"), *run.glob("tmp-search_gen_state-*"), *run.rglob(f".*{PARTIAL_MARK}*")]
+    for leftover in leftovers:
         leftover.unlink(missing_ok=True)
+
+
+def _set_aside_unreadable_ray_state(run_dir: RunDir) -> None:
+    """Ray resumes from the newest ``experiment_state-*.json`` in the run dir; one it cannot read
+    makes it log "Failed to restore the run state" and start the sweep over, in the same run dir
+    (seen after a driver was killed while copying it there, before rundir._ReplacedOnClose). An
+    unreadable one is renamed aside, so that Ray resumes from the newest it can read."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    entries = run_dir.fs.get_file_info(pafs.FileSelector(run_dir.path))
+    names = sorted(e.base_name for e in entries if fnmatch.fnmatch(e.base_name, f"{RAY_STATE_PREFIX}-*.json"))
+    for name in reversed(names):
+        try:
+            run_dir.read_json(name)  # Ray's format is JSON, with its pickled objects as strings inside
+            return
+        except ValueError:
+            run_dir.fs.move(run_dir.join(name), run_dir.join(f".unreadable-{name}"))
+            log.warning("%s in the run dir cannot be read (cut short by a kill?): set aside as .unreadable-%s", name, name)
+    if names:
+        raise SweepError(f"--resume: Ray's saved state of {run_dir.uri} cannot be read (set aside as .unreadable-*); "
+                         "its finished trials are listed in trials.csv; start the sweep again with --force")
 
 
 def _searcher(config: SweepConfig, space: SearchSpace, run_dir: RunDir, *, study_path: str | None = None, seed_trials: list | None = None):

@@ -59,8 +59,31 @@ def delete_checkpoint_dirs(fs: Any, trial_path: str) -> None:
             fs.delete_dir(info.path)
 
 
+# In the name of a file being written through LinkingLocalFileSystem (see _ReplacedOnClose).
+PARTIAL_MARK = ".stune-partial-"
+
+
+class _ReplacedOnClose(io.FileIO):
+    """A file written under a hidden name beside ``path`` and renamed over it when closed. Ray
+    saves the sweep's state by copying its files into the run dir one after another, overwriting
+    the last save's; a driver killed mid-copy left a truncated ``experiment_state-*.json``, which
+    made ``--resume`` start the sweep over (seen in a test run, 2026-12-07). Now a killed write
+    leaves the file as it was, and a hidden ``.NAME.stune-partial-*`` the resume removes."""
+
+    def __init__(self, path: str) -> None:
+        folder, name = os.path.split(path)
+        self.final_path = path
+        super().__init__(os.path.join(folder, f".{name}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"), "w")
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            os.replace(self.name, self.final_path)
+
+
 class LinkingLocalFileSystem(pafs.FileSystemHandler):
-    """The local file system, except that copying a file hard-links it where it can.
+    """The local file system, except that copying a file hard-links it where it can, and that
+    a file written is renamed into place when complete (_ReplacedOnClose).
 
     Ray persists each reported checkpoint by copying it from the trial's working folder into the
     run dir, through ``pyarrow.fs.copy_files``; between two file systems that compare equal, that
@@ -125,7 +148,9 @@ class LinkingLocalFileSystem(pafs.FileSystemHandler):
         return self._local.open_input_file(path)
 
     def open_output_stream(self, path, metadata):
-        return self._local.open_output_stream(path, metadata=metadata)
+        import pyarrow as pa
+
+        return pa.PythonFile(_ReplacedOnClose(path), mode="w")
 
     def open_append_stream(self, path, metadata):
         return self._local.open_append_stream(path, metadata=metadata)
