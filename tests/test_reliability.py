@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import json
 import math
 import os
@@ -577,8 +578,11 @@ def test_resume_skips_a_ray_state_file_cut_short_and_refuses_when_none_can_be_re
     copy = tmp_path / "run"
     shutil.copytree(long_run["run"], copy)
     rows_before = read_trials(copy)
-    newest = max(copy.glob("experiment_state-*.json"))
-    (copy / "experiment_state-2000-01-01_00-00-00.json").write_bytes(newest.read_bytes())  # an older save
+    newest = max(copy.glob("experiment_state-*.json"))  # the last run's: experiment_state-2026-12-07_21-38-05.json
+    saved_at = datetime.datetime.strptime(newest.stem.removeprefix("experiment_state-"), "%Y-%m-%d_%H-%M-%S")
+    # a save of the same state one second earlier, so that it is the newest left once the last is set aside
+    older = f"experiment_state-{saved_at - datetime.timedelta(seconds=1):%Y-%m-%d_%H-%M-%S}.json"
+    (copy / older).write_bytes(newest.read_bytes())
     newest.write_bytes(newest.read_bytes()[:100])  # cut short
     proc = run_stune("sweep", "--resume", "--out", copy, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
