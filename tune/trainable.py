@@ -214,8 +214,8 @@ def trial_work_dir() -> Path:
 
 def _process_ended(owner: str) -> bool:
     """``owner`` is "PID.START" (the process's start time, as psutil gives it) or, in folders of
-    older versions, "PID". The start time tells a new process that got the dead one's PID (PIDs
-    wrap at 32768 on many hosts; seen in a test run, where a planted leftover survived a sweep)."""
+    older versions, "PID". The start time tells a new process that got the dead one's PID apart
+    from the owner (PIDs wrap at 32768 on many hosts, and a Ray node starts many processes)."""
     import psutil
 
     pid, _, started = owner.partition(".")
