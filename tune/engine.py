@@ -152,7 +152,9 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         log.warning(warning)
     seed_trials = _warm_start(warm_start_from, config) if warm_start_from else None
     _mlflow_callbacks(mlflow, run_dir)  # a missing MLflow fails before Ray starts
-    if resume:
+    if resume:  # what a killed sweep may have left in the run dir, before Ray reads it
+        if run_dir.is_local:
+            _remove_partial_saves(run_dir.path)
         _set_aside_unreadable_ray_state(run_dir)
 
     import ray
@@ -254,8 +256,6 @@ def _sweep_in(run_dir: RunDir, config: SweepConfig, *, created_here: bool, start
         # Sweeps started before this module was renamed from tune/sweep.py pickled references to
         # it; an alias in sys.modules (not an attribute of the package: that is the tune.sweep API) finds them.
         sys.modules.setdefault("tune.sweep", sys.modules[__name__])
-        if run_dir.is_local:
-            _remove_partial_saves(run_dir.path)
         with relocated(sqlite_url(study_path)):  # the searcher pickled in the Tuner, before its own state is restored
             tuner = tune.Tuner.restore(
                 run_dir.uri if not run_dir.is_local else run_dir.path, trainable=trainable, resume_unfinished=True,
