@@ -83,7 +83,7 @@ def test_sweep_runs_trials_on_both_nodes_of_a_real_cluster_and_exports(sandbox, 
     assert len(node_ips) == 2, status
 
     # Two trials, each long enough for the worker node's actor to start (a process importing torch:
-    # ~10 s on a busy 2-core machine, 30 s seen under heavier load) before the head's actor ends its
+    # ~10 s on a busy 2-core machine, over 26 s seen under heavier load) before the head's actor ends its
     # trial: a free actor takes over a trial whose own actor has not started yet (reuse_actors), so
     # with short trials the head's actor ran all four of them under load.
     cfg = sweep_yaml(tmp_path / "sweep.yaml", tiny_model, scored_data, max_steps=1500, trials=2)
