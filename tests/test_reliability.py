@@ -578,7 +578,7 @@ def test_resume_skips_a_ray_state_file_cut_short_and_refuses_when_none_can_be_re
     copy = tmp_path / "run"
     shutil.copytree(long_run["run"], copy)
     rows_before = read_trials(copy)
-    newest = max(copy.glob("experiment_state-*.json"))  # the last run's: experiment_state-2026-12-07_21-38-05.json
+    newest = max(copy.glob("experiment_state-*.json"))  # the last save, e.g. experiment_state-2026-12-07_21-38-05.json
     saved_at = datetime.datetime.strptime(newest.stem.removeprefix("experiment_state-"), "%Y-%m-%d_%H-%M-%S")
     # a save of the same state one second earlier, so that it is the newest left once the last is set aside
     older = f"experiment_state-{saved_at - datetime.timedelta(seconds=1):%Y-%m-%d_%H-%M-%S}.json"
