@@ -119,6 +119,8 @@ def main() -> None:
     p.add_argument("--evals", type=int, default=None, help="evaluations_per_trial [2]")
     p.add_argument("--eval-rows", type=int, default=None, help="eval pairs [50 of the embedded 400]")
     p.add_argument("--concurrency", type=int, default=None, help="max_concurrent_trials [stune's default, 2]")
+    p.add_argument("--gradient-cache", type=int, default=None, metavar="N",
+                   help="gradient_cache_mini_batch_size: embed at most N texts at once [unset: a whole batch]")
     args = p.parse_args()
     bench = common.Bench("resources", args)
     quick = args.quick
@@ -154,10 +156,13 @@ def main() -> None:
         raw["model"] = model
     if args.concurrency:
         raw["max_concurrent_trials"] = args.concurrency
+    if args.gradient_cache:
+        raw["gradient_cache_mini_batch_size"] = args.gradient_cache
     config = parse_config(SweepConfig, raw)
     concurrency = config.max_concurrent_trials
     run_dir = work / "run"
-    print(f"resources: {trials} trials x {steps} steps, {evals} evaluations, {concurrency} concurrent, default search space, "
+    cache = f", gradient cache of {args.gradient_cache} texts" if args.gradient_cache else ""
+    print(f"resources: {trials} trials x {steps} steps, {evals} evaluations, {concurrency} concurrent{cache}, default search space, "
           f"{model_label} ({model_bytes / MB:.1f} MB of weights); load {common.fmt_load(common.loadavg())}")
     sampler = Sampler(run_dir, tmp)
     sampler.start()
@@ -197,7 +202,8 @@ def main() -> None:
     print(f"checkpoint disk after the sweep: {sum(after.values()) / MB:.0f} MB ({', '.join(f'{k} {v / MB:.0f}' for k, v in after.items())})")
     bench.write({
         "setup": {"model": model_label, "model_weights_bytes": model_bytes, "trials": trials, "steps": steps,
-                  "evaluations_per_trial": evals, "max_concurrent_trials": concurrency, "eval_pairs": len(common.read_rows(data["eval"])[1])},
+                  "evaluations_per_trial": evals, "max_concurrent_trials": concurrency,
+                  "gradient_cache_mini_batch_size": args.gradient_cache, "eval_pairs": len(common.read_rows(data["eval"])[1])},
         "targets": {"rss_bytes": TARGET_RSS, "disk_bytes": disk_bound},
         "met": {"rss": met_rss, "disk": met_disk}, "plot": plot_path,
         "peak_worker_rss_bytes": peak_rss, "peak_worker_uss_bytes": peak_uss, "driver_rss_bytes": sampler.driver_rss,

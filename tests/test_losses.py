@@ -90,3 +90,78 @@ def test_a_hub_id_in_the_cache_is_named_as_it_was_found(tiny_model, tmp_path, mo
     assert hub_id("tiny-legacy") == "tiny-legacy" and hub_id("tiny-st") == "sentence-transformers/tiny-st"
     assert resolve_model_path("tiny-legacy").startswith(str(tmp_path / "models--tiny-legacy"))
     assert hub_id("nowhere") is None and hub_id(str(tiny_model)) is None
+
+
+def _batch(model, shape, rows=8):
+    """One batch of ``rows`` examples for a loss of ``shape``: its columns' features and labels."""
+    import torch
+
+    from tiny import FAMILIES
+
+    titles = [title for family in FAMILIES.values() for title in family]
+    columns = [c for c in SHAPE_COLUMNS[shape] if c not in ("score", "label")]
+    texts = [[f"{titles[(3 * i + 7 * c) % len(titles)]} role {i}" for i in range(rows)] for c in range(len(columns))]
+    labels = {"scored_pairs": torch.linspace(0, 1, rows), "labeled_pairs": torch.tensor([i % 3 == 0 for i in range(rows)]).long()}
+    return [model.tokenize(column) for column in texts], labels.get(shape, torch.zeros(rows))
+
+
+@pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"CachedMultipleNegativesRankingLoss"}))
+def test_gradient_caching_gives_every_loss_the_same_value_and_gradients(loss, tiny_model):
+    """Gradient caching embeds a few texts at a time; with dropout off the loss and every weight's
+    gradient are the plain loss's (an uneven split: 8 rows in mini-batches of 3)."""
+    import torch
+
+    from trainers.losses.gradient_cache import GradientCached
+    from trainers.model import load_model
+
+    model = load_model(tiny_model)
+    model.eval()  # no dropout: both passes see the same network
+    spec = get_loss(loss)
+    features, labels = _batch(model, spec.shape)
+    params = spec.check_params({})
+
+    def value_and_gradients(loss_module):
+        model.zero_grad()
+        value = loss_module([dict(f) for f in features], labels)
+        value.backward()
+        return value.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain_value, plain_grads = value_and_gradients(spec.build(model, **params))
+    cached_value, cached_grads = value_and_gradients(GradientCached(spec.build(model, **params), mini_batch_size=3))
+    assert plain_value > 0
+    assert cached_value == pytest.approx(plain_value, rel=1e-5)
+    assert len(cached_grads) == len(plain_grads) > 0
+    cached, plain = torch.cat([g.flatten() for g in cached_grads]), torch.cat([g.flatten() for g in plain_grads])
+    assert plain.norm() > 0
+    assert (cached - plain).norm() <= 1e-4 * plain.norm()  # float sums in another order: equal up to rounding
+
+
+def test_gradient_cache_mini_batch_size_trains_with_cached_gradients_and_keeps_a_self_caching_loss(tiny_model, scored_data, tmp_path):
+    from trainers.losses.gradient_cache import GradientCached
+    from trainers.model import load_model
+    from trainers.train import build_loss
+
+    config = TrainConfig.model_validate(
+        {"model": tiny_model, "loss": "TripletLoss", "data": scored_data, "max_steps": 3, "eval_steps": 3,
+         "per_device_train_batch_size": 8, "learning_rate": 1e-3, "gradient_cache_mini_batch_size": 2}
+    )
+    model = load_model(tiny_model)
+    assert isinstance(build_loss(config, model), GradientCached)
+    assert type(build_loss(config.model_copy(update={"gradient_cache_mini_batch_size": None}), model)).__name__ == "TripletLoss"
+    cached_mnrl = TrainConfig.model_validate(
+        {**config.model_dump(), "loss": {"name": "CachedMultipleNegativesRankingLoss", "mini_batch_size": 4}})
+    own = build_loss(cached_mnrl, model)
+    assert type(own).__name__ == "CachedMultipleNegativesRankingLoss" and own.mini_batch_size == 4
+
+    sentences = ["senior software engineer", "registered nurse", "plumber"]
+    trained, result = fine_tune(config, tmp_path, score_base=False)
+    assert abs(trained.encode(sentences) - model.encode(sentences)).max() > 1e-4
+    assert result.steps == 3
+
+
+def test_gradient_cache_mini_batch_size_must_be_a_whole_number_of_texts():
+    from trainers.config import parse_config
+    from trainers.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gradient_cache_mini_batch_size: Input should be greater than or equal to 1"):
+        parse_config(TrainConfig, {"gradient_cache_mini_batch_size": 0})

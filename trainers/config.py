@@ -131,6 +131,10 @@ class TrainConfig(_Strict):
     # resumed after a crash goes on exactly; without it (the default: a third of the disk and of
     # the upload) it goes on from the same weights, step and learning rate with fresh moments.
     checkpoint_optimizer_state: StrictBool = False
+    # Gradient caching: at most this many texts are embedded with their activations at once, whatever
+    # the batch (TripletLoss at batch 32 embeds 96 texts a step). The gradients are the plain loss's
+    # for a second forward pass per step; unset, every text of a step is embedded at once.
+    gradient_cache_mini_batch_size: int | None = Field(None, ge=1)
 
     @field_validator("loss", mode="before")
     @classmethod

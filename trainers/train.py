@@ -156,7 +156,7 @@ def fine_tune(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        loss=spec.build(model, **config.loss.resolved_params()),
+        loss=build_loss(config, model),
         evaluator=build_evaluator(splits.eval, "eval"),
         callbacks=callbacks,
     )
@@ -172,7 +172,7 @@ def fine_tune(
         if _is_out_of_memory(exc):
             raise TrainingError(
                 f"out of memory at per_device_train_batch_size={config.per_device_train_batch_size}; "
-                "lower it (or max_seq_length), or use CachedMultipleNegativesRankingLoss"
+                "lower it (or max_seq_length), or set gradient_cache_mini_batch_size (e.g. 8) to embed fewer texts at once"
             ) from None
         raise
 
@@ -193,6 +193,19 @@ def fine_tune(
     if splits.test:
         result.test = evaluate(best_model, splits.test, "test")
     return best_model, result
+
+
+def build_loss(config: TrainConfig, model):
+    """The config's loss on ``model``; with ``gradient_cache_mini_batch_size``, computed with gradient
+    caching (a loss that caches its own gradients keeps its own ``mini_batch_size``)."""
+    from sentence_transformers.base.losses.gradcache import uses_gradient_cache
+
+    loss = get_loss(config.loss.name).build(model, **config.loss.resolved_params())
+    if config.gradient_cache_mini_batch_size is None or uses_gradient_cache(loss):
+        return loss
+    from trainers.losses.gradient_cache import GradientCached
+
+    return GradientCached(loss, config.gradient_cache_mini_batch_size)
 
 
 def _precision(config: TrainConfig) -> dict[str, bool]:
