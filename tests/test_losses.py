@@ -136,7 +136,7 @@ def test_gradient_caching_gives_every_loss_the_same_value_and_gradients(loss, ti
     assert (cached - plain).norm() <= 1e-4 * plain.norm()  # float sums in another order: equal up to rounding
 
 
-def test_gradient_cache_mini_batch_size_trains_with_cached_gradients_and_keeps_a_self_caching_loss(tiny_model, scored_data, tmp_path):
+def test_gradient_cache_mini_batch_size_trains_with_cached_gradients_and_caps_a_cached_losss_own(tiny_model, scored_data, tmp_path):
     from trainers.losses.gradient_cache import GradientCached
     from trainers.model import load_model
     from trainers.train import build_loss
@@ -148,10 +148,11 @@ def test_gradient_cache_mini_batch_size_trains_with_cached_gradients_and_keeps_a
     model = load_model(tiny_model)
     assert isinstance(build_loss(config, model), GradientCached)
     assert type(build_loss(config.model_copy(update={"gradient_cache_mini_batch_size": None}), model)).__name__ == "TripletLoss"
-    cached_mnrl = TrainConfig.model_validate(
-        {**config.model_dump(), "loss": {"name": "CachedMultipleNegativesRankingLoss", "mini_batch_size": 4}})
-    own = build_loss(cached_mnrl, model)
-    assert type(own).__name__ == "CachedMultipleNegativesRankingLoss" and own.mini_batch_size == 4
+    for own, cap, used in ((4, 2, 2), (4, 8, 4), (4, None, 4)):  # a cached loss's mini_batch_size, capped
+        cached_mnrl = TrainConfig.model_validate({**config.model_dump(), "gradient_cache_mini_batch_size": cap,
+                                                  "loss": {"name": "CachedMultipleNegativesRankingLoss", "mini_batch_size": own}})
+        loss = build_loss(cached_mnrl, model)
+        assert type(loss).__name__ == "CachedMultipleNegativesRankingLoss" and loss.mini_batch_size == used
 
     sentences = ["senior software engineer", "registered nurse", "plumber"]
     trained, result = fine_tune(config, tmp_path, score_base=False)

@@ -159,3 +159,24 @@ def test_time_budgets_read_as_people_write_them():
     for text, why in (("0s", "no time at all"), ("-5m", "not a duration"), ("1h30", "not a duration"), ("soon", "not a duration")):
         with pytest.raises(ValueError, match=why):
             parse_duration(text)
+
+
+def test_gradient_caching_reaches_every_trial_and_the_winners_recipe_apart_from_a_losss_own_mini_batch_size():
+    """The sweep's gradient_cache_mini_batch_size is a setting of every trial (not searched) and of
+    the exported recipe; CachedMNRL's own mini_batch_size stays that loss's parameter."""
+    from trainers.config import TrainConfig
+    from tune.engine import config_for_trials
+    from tune.exporter import winner_recipe
+    from tune.space import param_columns, trial_overrides
+
+    config = parse_config(SweepConfig, {"gradient_cache_mini_batch_size": 4, "max_steps": 8,
+                                        "search": {"losses": [CACHED, "TripletLoss"]}})
+    for params, fixed in sample({"gradient_cache_mini_batch_size": 4, "search": {"losses": [CACHED, "TripletLoss"]}}, 6):
+        assert not any("gradient_cache" in key for key in [*params, *fixed])
+    chosen = {"loss": CACHED, f"{CACHED}.scale": 20.0, f"{CACHED}.mini_batch_size": 16, "learning_rate": 1e-4}
+    trial = TrainConfig.model_validate({**config_for_trials(config), **trial_overrides(chosen)})
+    assert trial.gradient_cache_mini_batch_size == 4
+    assert trial.loss.resolved_params()["mini_batch_size"] == 16
+    recipe = winner_recipe(config, {"config": param_columns(chosen), "trial_id": "t1", "step": 8}, [])
+    assert recipe["gradient_cache_mini_batch_size"] == 4
+    assert recipe["loss"] == {"name": CACHED, "scale": 20.0, "mini_batch_size": 16}

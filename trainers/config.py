@@ -132,8 +132,9 @@ class TrainConfig(_Strict):
     # the upload) it goes on from the same weights, step and learning rate with fresh moments.
     checkpoint_optimizer_state: StrictBool = False
     # Gradient caching: at most this many texts are embedded with their activations at once, whatever
-    # the batch (TripletLoss at batch 32 embeds 96 texts a step). The gradients are the plain loss's
-    # for a second forward pass per step; unset, every text of a step is embedded at once.
+    # the loss and batch (TripletLoss at batch 32 embeds 96 texts a step; a cached loss's own
+    # mini_batch_size is capped at it). The gradients are the plain loss's, for a second forward
+    # pass per step; unset, every text of a step is embedded at once.
     gradient_cache_mini_batch_size: int | None = Field(None, ge=1)
 
     @field_validator("loss", mode="before")

@@ -197,15 +197,19 @@ def fine_tune(
 
 def build_loss(config: TrainConfig, model):
     """The config's loss on ``model``; with ``gradient_cache_mini_batch_size``, computed with gradient
-    caching (a loss that caches its own gradients keeps its own ``mini_batch_size``)."""
+    caching, at most that many texts at once (also a cap on a cached loss's own ``mini_batch_size``)."""
     from sentence_transformers.base.losses.gradcache import uses_gradient_cache
 
-    loss = get_loss(config.loss.name).build(model, **config.loss.resolved_params())
-    if config.gradient_cache_mini_batch_size is None or uses_gradient_cache(loss):
+    cap = config.gradient_cache_mini_batch_size
+    params = config.loss.resolved_params()
+    if cap is not None and "mini_batch_size" in params:
+        params["mini_batch_size"] = min(params["mini_batch_size"], cap)
+    loss = get_loss(config.loss.name).build(model, **params)
+    if cap is None or uses_gradient_cache(loss):
         return loss
     from trainers.losses.gradient_cache import GradientCached
 
-    return GradientCached(loss, config.gradient_cache_mini_batch_size)
+    return GradientCached(loss, cap)
 
 
 def _precision(config: TrainConfig) -> dict[str, bool]:
