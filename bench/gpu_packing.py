@@ -104,6 +104,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="steps per trial [300; quick 60]")
     p.add_argument("--evals", type=int, default=2, help="evaluations per trial [2]")
     p.add_argument("--fractions", type=float, nargs="+", default=None, help="gpus_per_trial values [1 0.5 0.25; quick 1 0.5]")
+    p.add_argument("--gradient-cache", type=int, default=None, metavar="N",
+                   help="gradient_cache_mini_batch_size: embed at most N texts at once, less GPU memory per trial [unset]")
     p.add_argument("--cpu-dry-run", action="store_true",
                    help="no GPU needed: run the same sweeps on CPU (gpus_per_trial 0) to check this script end to end")
     args = p.parse_args()
@@ -127,7 +129,8 @@ def main() -> None:
         model, data = common.tiny_model(bench.work), common.tiny_data(bench.work)
         data.pop("test", None)
         steps = args.steps or 4
-    print(f"GPU packing: {common.gpu_name() or 'CPU dry run'}; fractions {fractions}; {steps} steps x batch 64 per trial, "
+    cache = f", gradient cache of {args.gradient_cache} texts" if args.gradient_cache else ""
+    print(f"GPU packing: {common.gpu_name() or 'CPU dry run'}; fractions {fractions}; {steps} steps x batch 64 per trial{cache}, "
           f"{cpus} CPU(s) per trial; load {common.fmt_load(common.loadavg())}")
     import yaml
 
@@ -140,6 +143,8 @@ def main() -> None:
             cfg = sweep_config(fraction, n_gpu, steps=steps, evals=args.evals, cpus=cpus, data=data, dry_run=dry)
             if model:
                 cfg["model"] = model
+            if args.gradient_cache:
+                cfg["gradient_cache_mini_batch_size"] = args.gradient_cache
             tag = f"g{fraction:g}"
             path = bench.work / f"{tag}.yaml"
             path.write_text(yaml.safe_dump(cfg))
@@ -187,6 +192,7 @@ def main() -> None:
     bench.write({
         "setup": {"model": "tiny random BERT (tests/tiny.py)" if model else "all-MiniLM-L6-v2 (bundled)", "gpus": n_gpu, "dry_run_on_cpu": dry, "steps_per_trial": steps,
                   "evaluations_per_trial": args.evals, "batch": 64, "cpus_per_trial": cpus, "eval_pairs": 200,
+                  "gradient_cache_mini_batch_size": args.gradient_cache,
                   "nvidia_smi_error": sampler.error if sampler else None},
         "results": results, "failures": failures, "plot": plot_path,
     })
