@@ -158,6 +158,9 @@ def test_gradient_cache_mini_batch_size_trains_with_cached_gradients_and_caps_a_
     trained, result = fine_tune(config, tmp_path, score_base=False)
     assert abs(trained.encode(sentences) - model.encode(sentences)).max() > 1e-4
     assert result.steps == 3
+    trained.save(str(tmp_path / "saved"))  # its model card names the loss that was computed, and how
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert '"loss": "TripletLoss"' in card and '"triplet_margin": 0.5' in card and '"mini_batch_size": 2' in card
 
 
 def test_gradient_cache_mini_batch_size_must_be_a_whole_number_of_texts():

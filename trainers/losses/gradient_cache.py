@@ -5,8 +5,9 @@ TripletLoss at batch 32 holds 96 texts' activations at once. Wrapped here, each 
 embedded in mini-batches without activations, the loss is computed and back-propagated to the
 embeddings, then each mini-batch is embedded again with activations and given its cached
 gradient. Only one mini-batch's activations are alive at a time, at the price of a second
-forward pass (about a third more compute per step). Dropout replays the same masks, so the
-gradients are those of the plain loss (up to float rounding).
+forward pass (a third to a half more time per step on one CPU thread, BENCHMARKS.md §4). The
+second pass replays the first's dropout masks, so with dropout off the gradients are the plain
+loss's up to float rounding; with it on, each mini-batch draws its own masks.
 
 sentence-transformers ships this for a few losses (``CachedMultipleNegativesRankingLoss``);
 ``CachedLossMixin`` is its shared machinery, and every loss of the registry computes its value
@@ -46,10 +47,11 @@ class GradientCached(CachedLossMixin, nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         return self.forward_cached(sentence_features, labels)
 
-    # The model card and the trainer's logs name the loss that is computed, not the wrapper.
+    # What sentence-transformers' model card prints for this loss, as for its own wrappers (MatryoshkaLoss):
+    # the wrapped loss by name with its parameters, and the mini-batch size.
     def get_config_dict(self) -> dict[str, Any]:
         inner = self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}
-        return {**inner, "mini_batch_size": self.mini_batch_size}
+        return {"loss": type(self.loss).__name__, "loss_parameters": inner, "mini_batch_size": self.mini_batch_size}
 
     @property
     def citation(self) -> str | None:
