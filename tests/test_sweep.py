@@ -478,7 +478,7 @@ def test_one_data_file_sweeps_and_exports_with_eval_and_test_held_out(tiny_model
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp_path):
-    raw = {**sweep_config(tiny_model, scored_data), "time_budget": "5m"}
+    raw = {**sweep_config(tiny_model, scored_data), "time_budget": "5m", "gradient_cache_mini_batch_size": 8}
     raw["search"]["losses"] = [*raw["search"]["losses"], "CachedMultipleNegativesRankingLoss"]
     cfg = write(tmp_path / "c.yaml", raw)
     proc = run_stune("sweep", cfg, "--dry-run", "--trials", "7", "--out", tmp_path / "run", timeout=60)
@@ -490,6 +490,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model, scored_data, tmp
     assert "learning_rate: 0.0001 .. 0.01 (log)" in plan and "per_device_train_batch_size: one of 8, 16" in plan, plan
     assert "TripletLoss.margin: 0.05 .. 5 (log)" in plan and "CoSENTLoss" not in plan, plan  # only the searched losses
     assert "CachedMultipleNegativesRankingLoss.mini_batch_size: 32 (fixed)" in plan, plan
+    assert "a checkpoint at each; gradient caching: at most 8 texts embedded at once" in plan, plan
     assert "first trial: the config's own recipe: loss=CosineSimilarityLoss" in plan, plan
     assert "baseline:  the first trial scores the untuned model on eval before it trains" in plan, plan
     # what would stop the real sweep stops the plan: a run dir in the way, a model that is not there

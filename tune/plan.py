@@ -29,6 +29,8 @@ def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> lis
                  f"the top 1/{config.asha.reduction_factor:g} go on at each rung)" if config.scheduler == "asha" else "none")
     evaluations = (f"an evaluation every {config.eval_steps} steps" if config.evaluations is None else
                    f"{config.evaluations} evaluation{'s' if config.evaluations > 1 else ''}")
+    gradient_cache = (f"; gradient caching: at most {config.gradient_cache_mini_batch_size} texts embedded at once"
+                      if config.gradient_cache_mini_batch_size else "")
     lines = [
         "sweep plan (--dry-run: nothing is run or written)",
         f"  run dir:   {out}",
@@ -37,7 +39,7 @@ def plan_lines(config: SweepConfig, splits, model_path: str, *, out: str) -> lis
         f"  trials:    {config.trials}, {config.max_concurrent_trials} at a time, each on {config.cpus_per_trial:g} CPU "
         f"and {gpus}{budget}",
         f"  per trial: {trial_length(config, space)}, {evaluations} of eval spearman_cosine, "
-        f"a checkpoint at each",
+        f"a checkpoint at each{gradient_cache}",
         f"  searcher:  {config.searcher}{startup}; scheduler: {scheduler}",
         "  baseline:  the first trial scores the untuned model on eval before it trains",
     ]
