@@ -108,6 +108,16 @@ def test_resources(tmp_path):
     assert sum(m["trials"] for m in result["trial_mix"]) == sum(result["counts"].values())
 
 
+def test_gradient_cache(tmp_path):
+    proc, result = run_bench("gradient_cache", tmp_path)
+    check_common(result, "gradient_cache")
+    runs = result["runs"]
+    assert {(r["loss"], r["gradient_cache_mini_batch_size"]) for r in runs} == {
+        (loss, size) for loss in ("TripletLoss", "CoSENTLoss") for size in (None, 4)}
+    assert all(r["s_per_step"] > 0 and r["peak_rss_mib"] > 0 and -1 <= r["eval_spearman_cosine"] <= 1 for r in runs)
+    assert "vs unset" in proc.stdout
+
+
 def test_gpu_packing(tmp_path):
     proc, result = run_bench("gpu_packing", tmp_path)
     if result is None:  # no GPU here: says so and measures nothing
