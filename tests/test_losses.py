@@ -120,14 +120,21 @@ def test_gradient_caching_gives_every_loss_the_same_value_and_gradients(loss, ti
     features, labels = _batch(model, spec.shape)
     params = spec.check_params({})
 
+    texts_per_forward = []
+    model.register_forward_pre_hook(lambda module, args: texts_per_forward.append(len(args[0]["input_ids"])))
+
     def value_and_gradients(loss_module):
         model.zero_grad()
+        texts_per_forward.clear()
         value = loss_module([dict(f) for f in features], labels)
         value.backward()
         return value.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain_value, plain_grads = value_and_gradients(spec.build(model, **params))
+    assert sum(texts_per_forward) == 8 * len(features) and min(texts_per_forward) >= 8  # whole columns at once
     cached_value, cached_grads = value_and_gradients(GradientCached(spec.build(model, **params), mini_batch_size=3))
+    # each column in mini-batches of 3, 3 and 2 texts, twice (without, then with activations)
+    assert sorted(texts_per_forward) == sorted([3, 3, 2] * 2 * len(features)), texts_per_forward
     assert plain_value > 0
     assert cached_value == pytest.approx(plain_value, rel=1e-5)
     assert len(cached_grads) == len(plain_grads) > 0
