@@ -176,3 +176,23 @@ def test_gradient_cache_mini_batch_size_must_be_a_whole_number_of_texts():
 
     with pytest.raises(ConfigError, match="gradient_cache_mini_batch_size: Input should be greater than or equal to 1"):
         parse_config(TrainConfig, {"gradient_cache_mini_batch_size": 0})
+
+
+def test_gradient_caching_refuses_a_loss_that_caches_itself_or_is_not_computed_from_embeddings(tiny_model):
+    from torch import nn
+
+    from trainers.losses.gradient_cache import GradientCached
+    from trainers.model import load_model
+
+    model = load_model(tiny_model)
+    cached_mnrl = get_loss("CachedMultipleNegativesRankingLoss").build(model, scale=20.0, mini_batch_size=4)
+    with pytest.raises(ValueError, match="CachedMultipleNegativesRankingLoss caches its gradients itself; set its own mini_batch_size"):
+        GradientCached(cached_mnrl, mini_batch_size=2)
+
+    class EmbeddingsUnseen(nn.Module):  # a loss that reads features, not embeddings
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+    with pytest.raises(ValueError, match="EmbeddingsUnseen cannot be computed from embeddings, so it cannot cache gradients"):
+        GradientCached(EmbeddingsUnseen(), mini_batch_size=2)
